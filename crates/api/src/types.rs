@@ -1,0 +1,127 @@
+//! Request and response bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// The error body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// `not_found`, `already_exists`, `invalid`, `conflict`, `unavailable`, `internal`.
+    pub kind: String,
+}
+
+/// CHAP settings as an operator gives them.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct ChapSpec {
+    pub user: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ChapSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSpec")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size: u64,
+    #[serde(default)]
+    pub replicas: Option<u8>,
+    #[serde(default)]
+    pub thick: bool,
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub chap: Option<ChapSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resize {
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetAcl {
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetChap {
+    pub chap: Option<ChapSpec>,
+}
+
+/// An iSCSI session as a member sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionView {
+    pub initiator: String,
+    pub isid: String,
+    pub member: String,
+    pub portal: String,
+}
+
+/// A volume as the API shows it (never with CHAP secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub iqn: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub replicas: u8,
+    pub thick: bool,
+    pub allow: Vec<String>,
+    pub chap_user: Option<String>,
+    pub mutual_chap: bool,
+    pub created: u64,
+    #[serde(default)]
+    pub sessions: Vec<SessionView>,
+}
+
+impl VolumeView {
+    pub fn from_volume(v: &control::Volume, sessions: Vec<SessionView>) -> Self {
+        VolumeView {
+            name: v.name.clone(),
+            iqn: v.iqn(),
+            size: v.size,
+            block_size: v.block_size,
+            replicas: v.replicas,
+            thick: v.thick,
+            allow: v.allow.clone(),
+            chap_user: v.chap.as_ref().map(|c| c.user.clone()),
+            mutual_chap: v.chap.as_ref().is_some_and(|c| c.mutual_user.is_some()),
+            created: v.created,
+            sessions,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    pub node_id: u64,
+    pub api: String,
+    pub portal: String,
+    pub capacity: u64,
+    /// `online` when it answers, else `unreachable`.
+    pub state: String,
+    pub leader: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The member that answered.
+    pub member: String,
+    pub leader: Option<String>,
+    pub group_portal: Option<String>,
+    pub members: Vec<MemberView>,
+    pub volumes: usize,
+}

@@ -1,0 +1,326 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! `apply` is deterministic: every node applies the same committed commands in the same
+//! order and reaches the same state. Validation that depends on state (a name already
+//! taken) happens here, so a rejected command is rejected identically everywhere.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The IQN prefix of every haven target.
+pub const IQN_PREFIX: &str = "iqn.2026-11.org.haven";
+
+/// A storage member as the group knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub node_id: u64,
+    /// host:port of the member's REST API (also carries Raft RPCs).
+    pub api_addr: String,
+    /// host:port of the member's iSCSI portal.
+    pub portal: String,
+    /// Bytes this member offers to the pool.
+    pub capacity: u64,
+}
+
+/// CHAP credentials of a target. Never logged: `Debug` hides the secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    /// Mutual CHAP: the target's own name and secret, answered to the initiator.
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Chap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chap")
+            .field("user", &self.user)
+            .field("secret", &"<hidden>")
+            .field("mutual_user", &self.mutual_user)
+            .finish()
+    }
+}
+
+/// A volume: one SCSI logical unit behind one iSCSI target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    /// Stable identifier; the NAA designator and the data files derive from it.
+    pub id: u64,
+    pub size: u64,
+    pub block_size: u32,
+    pub replicas: u8,
+    pub thick: bool,
+    /// Initiator names allowed to discover and log in; empty means everyone.
+    pub allow: Vec<String>,
+    pub chap: Option<Chap>,
+    /// Unix seconds at creation.
+    pub created: u64,
+}
+
+impl Volume {
+    /// The iSCSI qualified name of the volume's target.
+    pub fn iqn(&self) -> String {
+        format!("{IQN_PREFIX}:{}", self.name)
+    }
+}
+
+/// Everything the control plane knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub members: BTreeMap<String, Member>,
+    pub volumes: BTreeMap<String, Volume>,
+    /// Next volume id to hand out.
+    pub next_volume_id: u64,
+}
+
+/// A change to the cluster state. Every change goes through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Add or update a member's record (its addresses may change on restart).
+    RegisterMember(Member),
+    CreateVolume {
+        name: String,
+        size: u64,
+        block_size: u32,
+        replicas: u8,
+        thick: bool,
+        allow: Vec<String>,
+        chap: Option<Chap>,
+        created: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    ResizeVolume {
+        name: String,
+        size: u64,
+    },
+    SetAcl {
+        name: String,
+        allow: Vec<String>,
+    },
+    SetChap {
+        name: String,
+        chap: Option<Chap>,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Volume(Volume),
+    /// The command was valid Raft input but the state refused it.
+    Refused {
+        kind: RefusalKind,
+        message: String,
+    },
+}
+
+/// Why the state refused a command; the API maps each to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    NotFound,
+    AlreadyExists,
+    Invalid,
+}
+
+fn refuse(kind: RefusalKind, message: impl Into<String>) -> Outcome {
+    Outcome::Refused {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Names of volumes, snapshots and members: what an IQN suffix allows.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+impl ClusterState {
+    /// Apply one committed command.
+    pub fn apply(&mut self, cmd: Command) -> Outcome {
+        match cmd {
+            Command::RegisterMember(m) => {
+                self.members.insert(m.name.clone(), m);
+                Outcome::Ok
+            }
+            Command::CreateVolume {
+                name,
+                size,
+                block_size,
+                replicas,
+                thick,
+                allow,
+                chap,
+                created,
+            } => {
+                if !valid_name(&name) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "invalid volume name {name:?}: use a-z, 0-9, '-', '.' (at most 64)"
+                        ),
+                    );
+                }
+                if self.volumes.contains_key(&name) {
+                    return refuse(
+                        RefusalKind::AlreadyExists,
+                        format!("volume {name} already exists"),
+                    );
+                }
+                if block_size != 512 && block_size != 4096 {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("block size {block_size} is not 512 or 4096"),
+                    );
+                }
+                if size == 0 || size % block_size as u64 != 0 {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "size {size} is not a positive multiple of the block size {block_size}"
+                        ),
+                    );
+                }
+                if !(1..=3).contains(&replicas) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("replicas {replicas} is not 1, 2 or 3"),
+                    );
+                }
+                self.next_volume_id += 1;
+                let vol = Volume {
+                    name: name.clone(),
+                    id: self.next_volume_id,
+                    size,
+                    block_size,
+                    replicas,
+                    thick,
+                    allow,
+                    chap,
+                    created,
+                };
+                self.volumes.insert(name, vol.clone());
+                Outcome::Volume(vol)
+            }
+            Command::DeleteVolume { name } => match self.volumes.remove(&name) {
+                Some(_) => Outcome::Ok,
+                None => refuse(RefusalKind::NotFound, format!("no volume named {name}")),
+            },
+            Command::ResizeVolume { name, size } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                if size < vol.size {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "volume {name} is {} bytes; shrinking is not supported",
+                            vol.size
+                        ),
+                    );
+                }
+                if size % vol.block_size as u64 != 0 {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "size {size} is not a multiple of the block size {}",
+                            vol.block_size
+                        ),
+                    );
+                }
+                vol.size = size;
+                Outcome::Volume(vol.clone())
+            }
+            Command::SetAcl { name, allow } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                vol.allow = allow;
+                Outcome::Volume(vol.clone())
+            }
+            Command::SetChap { name, chap } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                vol.chap = chap;
+                Outcome::Volume(vol.clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, size: u64) -> Command {
+        Command::CreateVolume {
+            name: name.into(),
+            size,
+            block_size: 512,
+            replicas: 1,
+            thick: false,
+            allow: vec![],
+            chap: None,
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn create_then_duplicate_is_refused() {
+        let mut s = ClusterState::default();
+        assert!(matches!(s.apply(create("vol1", 1 << 20)), Outcome::Volume(v) if v.id == 1));
+        assert!(matches!(
+            s.apply(create("vol1", 1 << 20)),
+            Outcome::Refused {
+                kind: RefusalKind::AlreadyExists,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_names_and_sizes_are_refused() {
+        let mut s = ClusterState::default();
+        for cmd in [
+            create("Bad", 512),
+            create("", 512),
+            create("ok", 0),
+            create("ok", 513),
+        ] {
+            assert!(matches!(
+                s.apply(cmd),
+                Outcome::Refused {
+                    kind: RefusalKind::Invalid,
+                    ..
+                }
+            ));
+        }
+        assert!(s.volumes.is_empty());
+    }
+
+    #[test]
+    fn chap_debug_hides_secret() {
+        let c = Chap {
+            user: "u".into(),
+            secret: "topsecret".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}

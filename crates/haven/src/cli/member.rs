@@ -1,0 +1,76 @@
+//! `haven member …`
+
+use crate::output;
+use anyhow::Context;
+use api::{format_size, MemberView};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Run a storage member (with no --config: a standalone single-member group in --data).
+    Run(RunArgs),
+    /// List the group's members: state, capacity.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TOML configuration file (see `member::config` for keys and defaults).
+    #[arg(long, conflicts_with = "data")]
+    config: Option<PathBuf>,
+    /// Data directory for a standalone member (default ./haven-data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// iSCSI portal address of a standalone member.
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    portal: String,
+    /// API address of a standalone member.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen_api: String,
+}
+
+pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()> {
+    match cmd {
+        MemberCommand::Run(a) => {
+            let cfg = match a.config {
+                Some(path) => member::MemberConfig::load(&path)?,
+                None => {
+                    let mut c = member::MemberConfig::standalone(
+                        a.data.unwrap_or_else(|| PathBuf::from("haven-data")),
+                    );
+                    c.portal = a.portal;
+                    c.api = a.listen_api;
+                    c
+                }
+            };
+            member::run(cfg).await.context("member")
+        }
+        MemberCommand::List { json } => {
+            let client = super::client(api)?;
+            let ms: Vec<MemberView> = client.get("/v1/members").await?;
+            if json {
+                return output::json(&ms);
+            }
+            output::table(
+                &["NAME", "STATE", "LEADER", "CAPACITY", "PORTAL", "API"],
+                ms.iter()
+                    .map(|m| {
+                        vec![
+                            m.name.clone(),
+                            m.state.clone(),
+                            if m.leader { "yes".into() } else { "".into() },
+                            format_size(m.capacity),
+                            m.portal.clone(),
+                            m.api.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! `haven volume …`
+
+use crate::output;
+use anyhow::bail;
+use api::{format_size, parse_size, ChapSpec, CreateVolume, Resize, SetAcl, SetChap, VolumeView};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (one iSCSI target with one LUN).
+    Create(Create),
+    /// List volumes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one volume, with its sessions.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow a volume online; initiators see CAPACITY DATA HAS CHANGED.
+    Resize {
+        name: String,
+        #[arg(long)]
+        size: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume (refused while initiators are logged in, unless --force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set which initiators may discover and log in (no --allow: everyone).
+    Acl {
+        name: String,
+        #[arg(long, value_name = "IQN")]
+        allow: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set or clear the target's CHAP credentials.
+    Chap(ChapArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Create {
+    name: String,
+    /// Size, e.g. 10GiB.
+    #[arg(long)]
+    size: String,
+    /// Copies of the data (1–3).
+    #[arg(long)]
+    replicas: Option<u8>,
+    /// Allocate all space now instead of on first write.
+    #[arg(long)]
+    thick: bool,
+    /// Logical block size: 512 (default) or 4096.
+    #[arg(long)]
+    block_size: Option<u32>,
+    #[arg(long, requires = "chap_secret")]
+    chap_user: Option<String>,
+    #[arg(long, requires = "chap_user")]
+    chap_secret: Option<String>,
+    /// Mutual CHAP: the name the target answers with.
+    #[arg(long, requires_all = ["mutual_secret", "chap_user"])]
+    mutual_user: Option<String>,
+    #[arg(long, requires = "mutual_user")]
+    mutual_secret: Option<String>,
+    /// Initiators allowed (repeat); none means every initiator.
+    #[arg(long, value_name = "IQN")]
+    allow: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChapArgs {
+    name: String,
+    #[arg(long, requires = "secret", conflicts_with = "none")]
+    user: Option<String>,
+    #[arg(long, requires = "user")]
+    secret: Option<String>,
+    #[arg(long, requires_all = ["mutual_secret", "user"])]
+    mutual_user: Option<String>,
+    #[arg(long, requires = "mutual_user")]
+    mutual_secret: Option<String>,
+    /// Remove CHAP: any allowed initiator may log in without credentials.
+    #[arg(long)]
+    none: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn chap(
+    user: Option<String>,
+    secret: Option<String>,
+    mu: Option<String>,
+    ms: Option<String>,
+) -> Option<ChapSpec> {
+    Some(ChapSpec {
+        user: user?,
+        secret: secret?,
+        mutual_user: mu,
+        mutual_secret: ms,
+    })
+}
+
+fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(v);
+    }
+    println!("name:        {}", v.name);
+    println!("iqn:         {}", v.iqn);
+    println!("size:        {} ({} bytes)", format_size(v.size), v.size);
+    println!("block size:  {}", v.block_size);
+    println!("replicas:    {}", v.replicas);
+    println!("provisioning: {}", if v.thick { "thick" } else { "thin" });
+    println!(
+        "acl:         {}",
+        if v.allow.is_empty() {
+            "everyone".to_string()
+        } else {
+            v.allow.join(", ")
+        }
+    );
+    println!(
+        "chap:        {}",
+        match (&v.chap_user, v.mutual_chap) {
+            (Some(u), true) => format!("user {u}, mutual"),
+            (Some(u), false) => format!("user {u}"),
+            (None, _) => "none".into(),
+        }
+    );
+    println!("sessions:    {}", v.sessions.len());
+    for s in &v.sessions {
+        println!(
+            "  {} (isid {}) via {} on {}",
+            s.initiator, s.isid, s.portal, s.member
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()> {
+    // Validate local input before reaching for the network.
+    if let VolumeCommand::Create(c) = &cmd {
+        parse_size(&c.size)?;
+    }
+    if let VolumeCommand::Resize { size, .. } = &cmd {
+        parse_size(size)?;
+    }
+    let client = super::client(api)?;
+    match cmd {
+        VolumeCommand::Create(c) => {
+            let req = CreateVolume {
+                name: c.name,
+                size: parse_size(&c.size)?,
+                replicas: c.replicas,
+                thick: c.thick,
+                block_size: c.block_size,
+                allow: c.allow,
+                chap: chap(c.chap_user, c.chap_secret, c.mutual_user, c.mutual_secret),
+            };
+            let v: VolumeView = client.post("/v1/volumes", &req).await?;
+            if c.json {
+                output::json(&v)
+            } else {
+                println!("created {} ({}) as {}", v.name, format_size(v.size), v.iqn);
+                Ok(())
+            }
+        }
+        VolumeCommand::List { json } => {
+            let vs: Vec<VolumeView> = client.get("/v1/volumes").await?;
+            if json {
+                return output::json(&vs);
+            }
+            output::table(
+                &["NAME", "SIZE", "REPLICAS", "SESSIONS", "IQN"],
+                vs.iter()
+                    .map(|v| {
+                        vec![
+                            v.name.clone(),
+                            format_size(v.size),
+                            v.replicas.to_string(),
+                            v.sessions.len().to_string(),
+                            v.iqn.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        VolumeCommand::Show { name, json } => {
+            let v: VolumeView = client.get(&format!("/v1/volumes/{}", enc(&name)?)).await?;
+            print(&v, json)
+        }
+        VolumeCommand::Resize { name, size, json } => {
+            let v: VolumeView = client
+                .post(
+                    &format!("/v1/volumes/{}/resize", enc(&name)?),
+                    &Resize {
+                        size: parse_size(&size)?,
+                    },
+                )
+                .await?;
+            if json {
+                output::json(&v)
+            } else {
+                println!("{} is now {}", v.name, format_size(v.size));
+                Ok(())
+            }
+        }
+        VolumeCommand::Delete { name, force } => {
+            let _: serde_json::Value = client
+                .delete(&format!(
+                    "/v1/volumes/{}{}",
+                    enc(&name)?,
+                    if force { "?force=true" } else { "" }
+                ))
+                .await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+        VolumeCommand::Acl { name, allow, json } => {
+            let v: VolumeView = client
+                .put(
+                    &format!("/v1/volumes/{}/acl", enc(&name)?),
+                    &SetAcl { allow },
+                )
+                .await?;
+            print(&v, json)
+        }
+        VolumeCommand::Chap(c) => {
+            if !c.none && c.user.is_none() {
+                bail!("give --user and --secret, or --none to remove CHAP");
+            }
+            let spec = if c.none {
+                None
+            } else {
+                chap(c.user, c.secret, c.mutual_user, c.mutual_secret)
+            };
+            let v: VolumeView = client
+                .put(
+                    &format!("/v1/volumes/{}/chap", enc(&c.name)?),
+                    &SetChap { chap: spec },
+                )
+                .await?;
+            print(&v, c.json)
+        }
+    }
+}
+
+/// Volume names go into URL paths; refuse anything that is not a plain name.
+fn enc(name: &str) -> anyhow::Result<&str> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        bail!("invalid volume name {name:?}: use a-z, 0-9, '-', '.'");
+    }
+    Ok(name)
+}

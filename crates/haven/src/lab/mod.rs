@@ -1,0 +1,392 @@
+//! `haven lab …`: a complete group on this machine, on loopback.
+//!
+//! Layout of the lab directory (default `./haven-lab`):
+//! ```text
+//! lab.toml            addresses chosen at the first `up` and kept
+//! env                 HAVEN_API=… for `source`
+//! member-N/member.toml, member.log, pid, data/
+//! ```
+
+mod process;
+mod state;
+
+pub use state::LabState;
+
+use crate::output;
+use anyhow::{bail, Context};
+use api::GroupStatus;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use state::{free_port, LabMember};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_DIR: &str = "haven-lab";
+/// The group portal's default: its own loopback address and the iSCSI port.
+pub const DEFAULT_GROUP_PORTAL: &str = "127.0.0.2:3260";
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Start (or resume) the lab; stays in the foreground unless --detach.
+    Up(UpArgs),
+    /// Show the lab's portals, API URLs and processes.
+    Status {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every process of the lab (data is kept).
+    Down {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        data: PathBuf,
+    },
+    /// SIGKILL one process of the lab (a crash).
+    Kill {
+        name: String,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        data: PathBuf,
+    },
+    /// Start one stopped process of the lab again.
+    Start {
+        name: String,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Storage members.
+    #[arg(long, default_value_t = 1)]
+    members: usize,
+    /// Hypervisor hosts.
+    #[arg(long, default_value_t = 0)]
+    hosts: usize,
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Group portal address (only when the lab is first created).
+    #[arg(long)]
+    portal: Option<String>,
+    /// Return once the lab is up instead of staying in the foreground.
+    #[arg(long)]
+    detach: bool,
+}
+
+pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up(a) => up(a).await,
+        LabCommand::Status { data, json } => status(&data, json).await,
+        LabCommand::Down { data } => down(&data),
+        LabCommand::Kill { name, data } => {
+            let lab = existing(&data)?;
+            lab.member(&name).with_context(|| {
+                format!("no process named {name} in the lab at {}", data.display())
+            })?;
+            if process::kill(&lab.member_dir(&name)) {
+                println!("killed {name}");
+            } else {
+                println!("{name} was not running");
+            }
+            Ok(())
+        }
+        LabCommand::Start { name, data } => {
+            let lab = existing(&data)?;
+            let m = lab
+                .member(&name)
+                .with_context(|| {
+                    format!("no process named {name} in the lab at {}", data.display())
+                })?
+                .clone();
+            start_member(&lab, &m)?;
+            wait_ready(&lab, &m, Duration::from_secs(60)).await?;
+            println!("{name} is serving at {}", m.portal);
+            Ok(())
+        }
+    }
+}
+
+fn existing(dir: &Path) -> anyhow::Result<LabState> {
+    LabState::load(dir)?.with_context(|| {
+        format!(
+            "no lab in {}: start one with `haven lab up --data {}`",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+fn member_config(lab: &LabState, m: &LabMember) -> String {
+    let dir = lab.member_dir(&m.name);
+    format!(
+        "name = {:?}\nnode_id = {}\ndata_dir = {:?}\nportal = {:?}\napi = {:?}\ngroup_portal = {:?}\nbootstrap = {}\n",
+        m.name,
+        m.node_id,
+        dir.join("data"),
+        m.portal,
+        m.api,
+        lab.group_portal,
+        m.node_id == 1
+    )
+}
+
+fn start_member(lab: &LabState, m: &LabMember) -> anyhow::Result<()> {
+    let dir = lab.member_dir(&m.name);
+    if process::running(&dir).is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (what, addr) in [("portal", &m.portal), ("API", &m.api)] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            bail!(
+                "{}'s {what} address {addr} is in use by another process",
+                m.name
+            );
+        }
+    }
+    std::fs::write(dir.join("member.toml"), member_config(lab, m))
+        .context("writing the member's config")?;
+    process::spawn_member(&dir)?;
+    Ok(())
+}
+
+async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::Result<()> {
+    let client = api::Client::new(vec![format!("http://{}", m.api)]);
+    let dir = lab.member_dir(&m.name);
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = client.get::<GroupStatus>("/v1/status").await {
+            if s.leader.is_some()
+                && s.members
+                    .iter()
+                    .any(|x| x.name == m.name && x.portal == m.portal)
+            {
+                return Ok(());
+            }
+        }
+        if process::running(&dir).is_none() {
+            let log = dir.join("member.log");
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            bail!(
+                "{} exited while starting (see {}): {}",
+                m.name,
+                log.display(),
+                last
+            );
+        }
+        if t.elapsed() > limit {
+            bail!(
+                "{} did not become ready within {}s (see {})",
+                m.name,
+                limit.as_secs(),
+                dir.join("member.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn group_portal_in_use(addr: &str) -> bool {
+    std::net::TcpListener::bind(addr).is_err()
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    if a.members != 1 {
+        bail!(
+            "--members {}: multi-member groups are not built yet; the lab runs 1 member",
+            a.members
+        );
+    }
+    if a.hosts != 0 {
+        bail!("--hosts {}: hypervisor hosts are not built yet", a.hosts);
+    }
+    let dir = a.data.clone();
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "lab data dir {} exists and is not a directory",
+            dir.display()
+        );
+    }
+    let lab = match LabState::load(&dir)? {
+        Some(lab) => {
+            if a.portal.as_ref().is_some_and(|p| p != &lab.group_portal) {
+                bail!(
+                    "this lab's group portal is {}; --portal only applies to a new lab",
+                    lab.group_portal
+                );
+            }
+            lab
+        }
+        None => {
+            let group_portal = a
+                .portal
+                .clone()
+                .unwrap_or_else(|| DEFAULT_GROUP_PORTAL.to_string());
+            if group_portal.parse::<std::net::SocketAddr>().is_err() {
+                bail!("group portal {group_portal:?} is not an ip:port address");
+            }
+            if group_portal_in_use(&group_portal) {
+                bail!("group portal address {group_portal} is in use by another process; choose another with --portal");
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let dir = dir.canonicalize()?;
+            let members = (1..=a.members)
+                .map(|i| {
+                    Ok(LabMember {
+                        name: format!("member-{i}"),
+                        node_id: i as u64,
+                        api: format!("127.0.0.1:{}", free_port()?),
+                        portal: format!("127.0.0.1:{}", free_port()?),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let lab = LabState {
+                group_portal,
+                members,
+                dir,
+            };
+            lab.save()?;
+            lab
+        }
+    };
+    let any_running = lab
+        .members
+        .iter()
+        .any(|m| process::running(&lab.member_dir(&m.name)).is_some());
+    if !any_running && group_portal_in_use(&lab.group_portal) {
+        bail!(
+            "group portal address {} is in use by another process (another lab?)",
+            lab.group_portal
+        );
+    }
+    for m in &lab.members {
+        start_member(&lab, m)?;
+    }
+    for m in &lab.members {
+        eprintln!("waiting for {} …", m.name);
+        wait_ready(&lab, m, Duration::from_secs(60)).await?;
+    }
+    lab.write_env()?;
+    println!("haven lab is up in {}", lab.dir.display());
+    println!("  group portal: {}", lab.group_portal);
+    for m in &lab.members {
+        println!(
+            "  {}: portal {}  api http://{}  log {}",
+            m.name,
+            m.portal,
+            m.api,
+            lab.member_dir(&m.name).join("member.log").display()
+        );
+    }
+    println!(
+        "  source {} to point the CLI at it",
+        lab.dir.join("env").display()
+    );
+    if a.detach {
+        return Ok(());
+    }
+    println!("running in the foreground; Ctrl-C stops the lab (its data is kept)");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    down(&lab.dir)
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let lab = existing(dir)?;
+    for m in lab.members.iter().rev() {
+        if process::stop(&lab.member_dir(&m.name), Duration::from_secs(10)) {
+            println!("stopped {}", m.name);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct MemberStatus {
+    name: String,
+    portal: String,
+    api: String,
+    state: String,
+    pid: Option<i32>,
+}
+
+#[derive(Serialize)]
+struct HostStatus {
+    name: String,
+    state: String,
+}
+
+#[derive(Serialize)]
+struct Status {
+    dir: String,
+    group_portal: String,
+    api: Vec<String>,
+    members: Vec<MemberStatus>,
+    hosts: Vec<HostStatus>,
+}
+
+async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let lab = existing(dir)?;
+    let mut members = Vec::new();
+    for m in &lab.members {
+        let pid = process::running(&lab.member_dir(&m.name));
+        let state = match pid {
+            None => "stopped",
+            Some(_) => {
+                let c = api::Client::new(vec![format!("http://{}", m.api)]);
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    c.get::<GroupStatus>("/v1/status"),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => "running",
+                    _ => "starting",
+                }
+            }
+        };
+        members.push(MemberStatus {
+            name: m.name.clone(),
+            portal: m.portal.clone(),
+            api: format!("http://{}", m.api),
+            state: state.into(),
+            pid,
+        });
+    }
+    let s = Status {
+        dir: lab.dir.display().to_string(),
+        group_portal: lab.group_portal.clone(),
+        api: lab.api_urls(),
+        members,
+        hosts: vec![],
+    };
+    if json {
+        return output::json(&s);
+    }
+    println!("lab {}  group portal {}", s.dir, s.group_portal);
+    output::table(
+        &["NAME", "STATE", "PORTAL", "API"],
+        s.members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.state.clone(),
+                    m.portal.clone(),
+                    m.api.clone(),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}

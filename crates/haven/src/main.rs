@@ -1,0 +1,36 @@
+//! `haven`: the one binary. Subcommands for every role: the daemons (`member run`), the
+//! local lab (`lab …`), and the operator commands (`volume …`, `member list`).
+
+mod cli;
+mod lab;
+mod logging;
+mod output;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    logging::init(args.log_format, args.command.is_daemon());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(cli::run(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            // One line naming the problem: the chain of causes joined.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            1
+        }
+    };
+    // Do not wait for blocking tasks (e.g. a stuck read) on exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

@@ -1,0 +1,821 @@
+//! The full feature phase of one connection (RFC 7143 §4, §11), target side, at
+//! ErrorRecoveryLevel 0.
+//!
+//! ```text
+//!  SCSI Command (R)  ─►  Execute ──(complete)──►  Data-In … Data-In[S]  (or + SCSI Response)
+//!  SCSI Command (W)  ─►  [immediate data] [unsolicited Data-Out]  ◄─ R2T …  Data-Out[F] ─►
+//!                        all EDTL bytes in ─► Execute ──(complete)──►  SCSI Response
+//!  NOP-Out ─► NOP-In      Text ─► Text (SendTargets)      Logout ─► Logout Response, close
+//!  Task Mgmt ─► TaskManagement ──(tmf_done)──► TMF Response
+//! ```
+//! Commands are admitted by CmdSN within the window [ExpCmdSN, MaxCmdSN]; every response
+//! carries StatSN, ExpCmdSN and MaxCmdSN. The session does no I/O: the driver feeds it
+//! PDUs, completions and clock ticks and carries out the actions it returns.
+
+use crate::directory::Directory;
+use crate::login::LoginOutcome;
+use crate::pdu::{flags, sn_le, sn_lt, Opcode, Pdu, RESERVED_TAG};
+use crate::text;
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Commands an initiator may have outstanding beyond ExpCmdSN.
+pub const QUEUE_DEPTH: u32 = 128;
+/// Largest command transfer the target buffers (bigger ones are refused with a sense).
+pub const MAX_TRANSFER: u32 = 32 << 20;
+/// Idle time before the target pings the initiator with a NOP-In.
+pub const NOP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the initiator has to answer a ping before the connection is dropped.
+pub const NOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reject reasons (RFC 7143 §11.17.1).
+pub mod reject {
+    pub const DATA_DIGEST_ERROR: u8 = 0x02;
+    pub const SNACK_REJECT: u8 = 0x03;
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const INVALID_PDU_FIELD: u8 = 0x09;
+}
+
+/// Task management functions (RFC 7143 §11.5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tmf {
+    AbortTask,
+    AbortTaskSet,
+    ClearAca,
+    ClearTaskSet,
+    LogicalUnitReset,
+    TargetWarmReset,
+    TargetColdReset,
+    TaskReassign,
+}
+
+impl Tmf {
+    fn from_u8(v: u8) -> Option<Tmf> {
+        Some(match v & 0x7f {
+            1 => Tmf::AbortTask,
+            2 => Tmf::AbortTaskSet,
+            3 => Tmf::ClearAca,
+            4 => Tmf::ClearTaskSet,
+            5 => Tmf::LogicalUnitReset,
+            6 => Tmf::TargetWarmReset,
+            7 => Tmf::TargetColdReset,
+            8 => Tmf::TaskReassign,
+            _ => return None,
+        })
+    }
+}
+
+/// TMF response codes.
+pub mod tmf_response {
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_UNSUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const REJECTED: u8 = 255;
+}
+
+/// A SCSI command ready to execute: every Data-Out byte has arrived.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub itt: u32,
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub data_out: Bytes,
+    pub expected_len: u32,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// The result of a command, handed back by the driver.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub status: u8,
+    pub sense: Option<Vec<u8>>,
+    pub data: Bytes,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    Send(Pdu),
+    Execute(Command),
+    /// Carry out a task management function at the logical unit, then call
+    /// [`Session::tmf_done`]. ABORT TASK never reaches here: the session owns its tasks.
+    TaskManagement {
+        itt: u32,
+        lun: u64,
+        function: Tmf,
+    },
+    Close,
+}
+
+#[derive(Debug)]
+struct Task {
+    lun: u64,
+    cdb: Vec<u8>,
+    edtl: u32,
+    read: bool,
+    write: bool,
+    buf: BytesMut,
+    /// Bytes of unsolicited Data-Out still allowed.
+    unsolicited_left: u32,
+    /// Next offset an R2T will ask for.
+    next_r2t_offset: u32,
+    /// Outstanding R2Ts: (TTT, offset, length).
+    r2ts: VecDeque<(u32, u32, u32)>,
+    r2tsn: u32,
+    executing: bool,
+    aborted: bool,
+}
+
+/// One full-feature connection (and its session: one connection per session).
+pub struct Session {
+    pub info: LoginOutcome,
+    exp_cmd_sn: u32,
+    stat_sn: u32,
+    tasks: HashMap<u32, Task>,
+    held: HashMap<u32, Pdu>,
+    next_ttt: u32,
+    text_in: Vec<u8>,
+    text_out: Option<(u32, Vec<u8>)>,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    closing: bool,
+}
+
+impl Session {
+    pub fn new(info: LoginOutcome, now: Instant) -> Self {
+        Session {
+            exp_cmd_sn: info.exp_cmd_sn,
+            stat_sn: info.stat_sn,
+            info,
+            tasks: HashMap::new(),
+            held: HashMap::new(),
+            next_ttt: 1,
+            text_in: Vec::new(),
+            text_out: None,
+            last_rx: now,
+            ping: None,
+            closing: false,
+        }
+    }
+
+    pub fn discovery(&self) -> bool {
+        self.info.target_name.is_none()
+    }
+
+    /// Tasks not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn.wrapping_add(QUEUE_DEPTH - 1)
+    }
+
+    fn ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    /// Stamp StatSN (advancing it when `advance`), ExpCmdSN and MaxCmdSN.
+    fn stamp(&mut self, p: &mut Pdu, advance: bool) {
+        p.set_stat_sn(self.stat_sn);
+        if advance {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        p.set_exp_cmd_sn(self.exp_cmd_sn);
+        p.set_max_cmd_sn(self.max_cmd_sn());
+    }
+
+    fn reject(&mut self, rejected: &Pdu, reason: u8) -> Pdu {
+        let mut p = Pdu::new(Opcode::Reject);
+        p.set_flags(flags::FINAL);
+        p.bhs[2] = reason;
+        p.set_itt(RESERVED_TAG);
+        self.stamp(&mut p, true);
+        p.data = Bytes::copy_from_slice(&rejected.bhs);
+        p
+    }
+
+    /// A PDU whose data digest failed: reject it and, for a command, end the task.
+    pub fn on_data_digest_error(&mut self, pdu: &Pdu) -> Vec<Action> {
+        let mut out = vec![Action::Send(self.reject(pdu, reject::DATA_DIGEST_ERROR))];
+        let itt = pdu.itt();
+        let is_cmd = pdu.opcode() == Some(Opcode::ScsiCommand);
+        if pdu.opcode() == Some(Opcode::DataOut) || is_cmd {
+            if is_cmd && !pdu.immediate() && pdu.cmd_sn() == self.exp_cmd_sn {
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            }
+            if let Some(t) = self.tasks.remove(&itt) {
+                let _ = t;
+            }
+            // PROTOCOL SERVICE CRC ERROR: the initiator retries the command.
+            let sense = crate::sense_bytes(0x0b, 0x47, 0x05);
+            let resp = self.scsi_response(itt, 0x02, Some(sense), 0, 0);
+            out.push(Action::Send(resp));
+        }
+        out
+    }
+
+    /// Consume one PDU from the initiator.
+    pub fn on_pdu(&mut self, pdu: Pdu, dir: &dyn Directory, now: Instant) -> Vec<Action> {
+        self.last_rx = now;
+        let mut out = Vec::new();
+        let op = pdu.opcode();
+        // PDUs that carry a CmdSN are admitted in order within the window.
+        let numbered = matches!(
+            op,
+            Some(
+                Opcode::ScsiCommand
+                    | Opcode::NopOut
+                    | Opcode::TaskMgmtRequest
+                    | Opcode::TextRequest
+                    | Opcode::LogoutRequest
+            )
+        );
+        if numbered && !pdu.immediate() {
+            let sn = pdu.cmd_sn();
+            if sn_lt(sn, self.exp_cmd_sn) || !sn_le(sn, self.max_cmd_sn()) {
+                // Outside the window: silently ignored (RFC 7143 §4.2.2.1).
+                tracing::debug!(
+                    sn,
+                    exp = self.exp_cmd_sn,
+                    "command outside the CmdSN window dropped"
+                );
+                return out;
+            }
+            if sn != self.exp_cmd_sn {
+                self.held.insert(sn, pdu);
+                return out;
+            }
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.dispatch(pdu, dir, now, &mut out);
+            while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                self.dispatch(next, dir, now, &mut out);
+            }
+        } else {
+            self.dispatch(pdu, dir, now, &mut out);
+        }
+        out
+    }
+
+    fn dispatch(&mut self, pdu: Pdu, dir: &dyn Directory, now: Instant, out: &mut Vec<Action>) {
+        match pdu.opcode() {
+            Some(Opcode::ScsiCommand) if !self.discovery() => self.on_command(pdu, out),
+            Some(Opcode::DataOut) if !self.discovery() => self.on_data_out(pdu, out),
+            Some(Opcode::NopOut) => self.on_nop_out(pdu, now, out),
+            Some(Opcode::TaskMgmtRequest) if !self.discovery() => self.on_tmf(pdu, out),
+            Some(Opcode::TextRequest) => self.on_text(pdu, dir, out),
+            Some(Opcode::LogoutRequest) => self.on_logout(pdu, out),
+            Some(Opcode::Snack) => {
+                let r = self.reject(&pdu, reject::PROTOCOL_ERROR);
+                out.push(Action::Send(r));
+            }
+            Some(Opcode::LoginRequest) => {
+                // A login on a connection already in full feature phase is a protocol error.
+                let r = self.reject(&pdu, reject::PROTOCOL_ERROR);
+                out.push(Action::Send(r));
+                out.push(Action::Close);
+            }
+            _ => {
+                let r = self.reject(&pdu, reject::COMMAND_NOT_SUPPORTED);
+                out.push(Action::Send(r));
+            }
+        }
+    }
+
+    fn on_command(&mut self, pdu: Pdu, out: &mut Vec<Action>) {
+        let itt = pdu.itt();
+        let f = pdu.flags();
+        let read = f & flags::READ != 0;
+        let write = f & flags::WRITE != 0;
+        let edtl = pdu.get32(20);
+        let p = &self.info.params;
+        if itt == RESERVED_TAG || self.tasks.contains_key(&itt) {
+            let r = self.reject(&pdu, reject::INVALID_PDU_FIELD);
+            out.push(Action::Send(r));
+            return;
+        }
+        let immediate = pdu.data.len() as u32;
+        if immediate > 0
+            && (!write || !p.immediate_data || immediate > p.first_burst || immediate > edtl)
+        {
+            let r = self.reject(&pdu, reject::PROTOCOL_ERROR);
+            out.push(Action::Send(r));
+            return;
+        }
+        if edtl > MAX_TRANSFER {
+            // Refuse before buffering anything; the initiator learns through sense data.
+            let sense = crate::sense_bytes(0x05, 0x24, 0x00);
+            let resp = self.scsi_response(itt, 0x02, Some(sense), 0, 0);
+            out.push(Action::Send(resp));
+            return;
+        }
+        let cdb = pdu.cdb();
+        let unsolicited = if write && !p.initial_r2t {
+            p.first_burst.min(edtl).saturating_sub(immediate)
+        } else {
+            0
+        };
+        let mut buf = BytesMut::new();
+        if write {
+            buf.reserve(edtl as usize);
+            buf.extend_from_slice(&pdu.data);
+        }
+        let task = Task {
+            lun: pdu.lun(),
+            cdb,
+            edtl,
+            read,
+            write,
+            buf,
+            unsolicited_left: unsolicited,
+            next_r2t_offset: immediate + unsolicited,
+            r2ts: VecDeque::new(),
+            r2tsn: 0,
+            executing: false,
+            aborted: false,
+        };
+        self.tasks.insert(itt, task);
+        self.progress(itt, out);
+    }
+
+    /// Issue R2Ts or start execution, whichever the task needs now.
+    fn progress(&mut self, itt: u32, out: &mut Vec<Action>) {
+        let max_r2t = self.info.params.max_outstanding_r2t.max(1) as usize;
+        let max_burst = self.info.params.max_burst.max(512);
+        let mut r2ts = Vec::new();
+        {
+            let Some(t) = self.tasks.get_mut(&itt) else {
+                return;
+            };
+            if t.executing {
+                return;
+            }
+            let have = t.buf.len() as u32;
+            if !t.write || have >= t.edtl {
+                t.executing = true;
+                let cmd = Command {
+                    itt,
+                    lun: t.lun,
+                    cdb: std::mem::take(&mut t.cdb),
+                    data_out: std::mem::take(&mut t.buf).freeze(),
+                    expected_len: t.edtl,
+                    read: t.read,
+                    write: t.write,
+                };
+                out.push(Action::Execute(cmd));
+                return;
+            }
+            // Wait for unsolicited data before soliciting the rest.
+            if t.unsolicited_left > 0 {
+                return;
+            }
+            while t.r2ts.len() < max_r2t && t.next_r2t_offset < t.edtl {
+                let len = (t.edtl - t.next_r2t_offset).min(max_burst);
+                r2ts.push((t.next_r2t_offset, len, t.r2tsn, t.lun));
+                t.next_r2t_offset += len;
+                t.r2tsn += 1;
+            }
+        }
+        for (offset, len, r2tsn, lun) in r2ts {
+            let ttt = self.ttt();
+            if let Some(t) = self.tasks.get_mut(&itt) {
+                t.r2ts.push_back((ttt, offset, len));
+            }
+            let mut p = Pdu::new(Opcode::R2t);
+            p.set_flags(flags::FINAL);
+            p.set_lun(lun);
+            p.set_itt(itt);
+            p.put32(20, ttt);
+            self.stamp(&mut p, false);
+            p.put32(36, r2tsn);
+            p.put32(40, offset);
+            p.put32(44, len);
+            out.push(Action::Send(p));
+        }
+    }
+
+    fn on_data_out(&mut self, pdu: Pdu, out: &mut Vec<Action>) {
+        let itt = pdu.itt();
+        let ttt = pdu.ttt();
+        let offset = pdu.get32(40);
+        let len = pdu.data.len() as u32;
+        let fin = pdu.final_bit();
+        let ok = match self.tasks.get_mut(&itt) {
+            Some(t) if t.write && !t.executing => {
+                let in_order = offset == t.buf.len() as u32
+                    && offset.checked_add(len).is_some_and(|e| e <= t.edtl);
+                if !in_order {
+                    false
+                } else if ttt == RESERVED_TAG {
+                    if len > t.unsolicited_left {
+                        false
+                    } else {
+                        t.unsolicited_left -= len;
+                        if fin {
+                            // The unsolicited burst ended (perhaps short of FirstBurstLength).
+                            t.next_r2t_offset = t.buf.len() as u32 + len;
+                            t.unsolicited_left = 0;
+                        }
+                        t.buf.extend_from_slice(&pdu.data);
+                        true
+                    }
+                } else {
+                    match t.r2ts.iter().position(|(tt, _, _)| *tt == ttt) {
+                        Some(i) => {
+                            let (_, o, l) = t.r2ts[i];
+                            if offset < o || offset + len > o + l {
+                                false
+                            } else {
+                                t.buf.extend_from_slice(&pdu.data);
+                                if fin || t.buf.len() as u32 >= o + l {
+                                    t.r2ts.remove(i);
+                                }
+                                true
+                            }
+                        }
+                        None => false,
+                    }
+                }
+            }
+            Some(t) if t.aborted => return,
+            _ => false,
+        };
+        if !ok {
+            let r = self.reject(&pdu, reject::INVALID_PDU_FIELD);
+            out.push(Action::Send(r));
+            return;
+        }
+        self.progress(itt, out);
+    }
+
+    /// The driver finished executing `itt`.
+    pub fn complete(&mut self, itt: u32, outcome: Outcome) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(task) = self.tasks.remove(&itt) else {
+            return out;
+        };
+        if task.aborted {
+            return out;
+        }
+        let edtl = task.edtl as usize;
+        if task.read && !outcome.data.is_empty() {
+            let data = outcome.data.slice(..outcome.data.len().min(edtl));
+            let (flag, residual) = residual(outcome.data.len(), edtl);
+            let with_status = outcome.status == crate::STATUS_GOOD && outcome.sense.is_none();
+            let mrdsl = self.info.params.initiator_max_recv.max(512) as usize;
+            let burst = self.info.params.max_burst.max(512) as usize;
+            let mut offset = 0usize;
+            let mut data_sn = 0u32;
+            let mut in_burst = 0usize;
+            while offset < data.len() {
+                let n = (data.len() - offset).min(mrdsl).min(burst - in_burst);
+                let last = offset + n == data.len();
+                in_burst += n;
+                let mut p = Pdu::new(Opcode::DataIn);
+                let mut f = 0u8;
+                if last || in_burst == burst {
+                    f |= flags::FINAL;
+                    in_burst = 0;
+                }
+                p.set_lun(task.lun);
+                p.set_itt(itt);
+                p.put32(20, RESERVED_TAG);
+                if last && with_status {
+                    f |= flags::STATUS | flag;
+                    p.bhs[3] = outcome.status;
+                    p.put32(44, residual);
+                    self.stamp(&mut p, true);
+                } else {
+                    self.stamp(&mut p, false);
+                    p.set_stat_sn(0);
+                }
+                p.set_flags(f);
+                p.put32(36, data_sn);
+                p.put32(40, offset as u32);
+                p.data = data.slice(offset..offset + n);
+                out.push(Action::Send(p));
+                offset += n;
+                data_sn += 1;
+            }
+            if with_status {
+                return out;
+            }
+            let resp = self.scsi_response(itt, outcome.status, outcome.sense, flag, residual);
+            out.push(Action::Send(resp));
+            return out;
+        }
+        let (flag, residual) = if task.read {
+            residual(0, edtl)
+        } else if task.write {
+            (0, 0)
+        } else if edtl > 0 {
+            residual(0, edtl)
+        } else {
+            (0, 0)
+        };
+        let resp = self.scsi_response(itt, outcome.status, outcome.sense, flag, residual);
+        out.push(Action::Send(resp));
+        out
+    }
+
+    fn scsi_response(
+        &mut self,
+        itt: u32,
+        status: u8,
+        sense: Option<Vec<u8>>,
+        flag: u8,
+        residual: u32,
+    ) -> Pdu {
+        let mut p = Pdu::new(Opcode::ScsiResponse);
+        p.set_flags(flags::FINAL | flag);
+        p.bhs[2] = 0; // command completed at target
+        p.bhs[3] = status;
+        p.set_itt(itt);
+        self.stamp(&mut p, true);
+        p.put32(44, residual);
+        if let Some(s) = sense {
+            let mut d = Vec::with_capacity(2 + s.len());
+            d.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            d.extend_from_slice(&s);
+            p.data = Bytes::from(d);
+        }
+        p
+    }
+
+    fn on_nop_out(&mut self, pdu: Pdu, now: Instant, out: &mut Vec<Action>) {
+        let itt = pdu.itt();
+        if itt == RESERVED_TAG {
+            // An answer to our ping (or a ping that wants no answer).
+            if self.ping.is_some_and(|(ttt, _)| ttt == pdu.ttt()) {
+                self.ping = None;
+            }
+            let _ = now;
+            return;
+        }
+        let mut p = Pdu::new(Opcode::NopIn);
+        p.set_flags(flags::FINAL);
+        p.set_lun(pdu.lun());
+        p.set_itt(itt);
+        p.put32(20, RESERVED_TAG);
+        self.stamp(&mut p, true);
+        let mrdsl = self.info.params.initiator_max_recv as usize;
+        p.data = pdu.data.slice(..pdu.data.len().min(mrdsl));
+        out.push(Action::Send(p));
+    }
+
+    fn on_tmf(&mut self, pdu: Pdu, out: &mut Vec<Action>) {
+        let itt = pdu.itt();
+        let lun = pdu.lun();
+        let Some(function) = Tmf::from_u8(pdu.flags()) else {
+            let r = self.tmf_response(itt, tmf_response::NOT_SUPPORTED);
+            out.push(Action::Send(r));
+            return;
+        };
+        match function {
+            Tmf::AbortTask => {
+                let referenced = pdu.get32(20);
+                let ref_cmd_sn = pdu.get32(32);
+                let code = match self.tasks.get_mut(&referenced) {
+                    Some(t) if t.lun == lun => {
+                        t.aborted = true;
+                        if !t.executing {
+                            self.tasks.remove(&referenced);
+                        }
+                        tmf_response::COMPLETE
+                    }
+                    _ => {
+                        // Not here: complete if it may simply not have arrived yet.
+                        if sn_lt(ref_cmd_sn, pdu.cmd_sn()) || sn_le(self.exp_cmd_sn, ref_cmd_sn) {
+                            tmf_response::COMPLETE
+                        } else {
+                            tmf_response::NO_TASK
+                        }
+                    }
+                };
+                let r = self.tmf_response(itt, code);
+                out.push(Action::Send(r));
+            }
+            Tmf::ClearAca => {
+                let r = self.tmf_response(itt, tmf_response::NOT_SUPPORTED);
+                out.push(Action::Send(r));
+            }
+            Tmf::TaskReassign => {
+                let r = self.tmf_response(itt, tmf_response::REASSIGN_UNSUPPORTED);
+                out.push(Action::Send(r));
+            }
+            Tmf::AbortTaskSet
+            | Tmf::ClearTaskSet
+            | Tmf::LogicalUnitReset
+            | Tmf::TargetWarmReset
+            | Tmf::TargetColdReset => {
+                let all_luns = matches!(function, Tmf::TargetWarmReset | Tmf::TargetColdReset);
+                let doomed: Vec<u32> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| all_luns || t.lun == lun)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in doomed {
+                    if let Some(t) = self.tasks.get_mut(&k) {
+                        t.aborted = true;
+                        if !t.executing {
+                            self.tasks.remove(&k);
+                        }
+                    }
+                }
+                out.push(Action::TaskManagement { itt, lun, function });
+            }
+        }
+    }
+
+    /// The logical unit carried out a task management function.
+    pub fn tmf_done(&mut self, itt: u32, function: Tmf, code: u8) -> Vec<Action> {
+        let r = self.tmf_response(itt, code);
+        let mut out = vec![Action::Send(r)];
+        if function == Tmf::TargetColdReset && code == tmf_response::COMPLETE {
+            self.closing = true;
+            out.push(Action::Close);
+        }
+        out
+    }
+
+    fn tmf_response(&mut self, itt: u32, code: u8) -> Pdu {
+        let mut p = Pdu::new(Opcode::TaskMgmtResponse);
+        p.set_flags(flags::FINAL);
+        p.bhs[2] = code;
+        p.set_itt(itt);
+        self.stamp(&mut p, true);
+        p
+    }
+
+    fn on_text(&mut self, pdu: Pdu, dir: &dyn Directory, out: &mut Vec<Action>) {
+        let itt = pdu.itt();
+        let ttt = pdu.ttt();
+        let mrdsl = self.info.params.initiator_max_recv.max(512) as usize;
+        // The initiator asks for the rest of a long answer.
+        if ttt != RESERVED_TAG {
+            match self.text_out.take() {
+                Some((t, rest)) if t == ttt => {
+                    let p = self.text_chunk(itt, rest, mrdsl);
+                    out.push(Action::Send(p));
+                }
+                _ => {
+                    let r = self.reject(&pdu, reject::INVALID_PDU_FIELD);
+                    out.push(Action::Send(r));
+                }
+            }
+            return;
+        }
+        self.text_out = None;
+        self.text_in.extend_from_slice(&pdu.data);
+        if self.text_in.len() > 64 * 1024 {
+            self.text_in.clear();
+            let r = self.reject(&pdu, reject::PROTOCOL_ERROR);
+            out.push(Action::Send(r));
+            return;
+        }
+        if pdu.flags() & flags::TEXT_CONTINUE != 0 {
+            // More request text follows: acknowledge with an empty response.
+            let mut p = Pdu::new(Opcode::TextResponse);
+            p.set_itt(itt);
+            let t = self.ttt();
+            p.put32(20, t);
+            self.stamp(&mut p, true);
+            out.push(Action::Send(p));
+            return;
+        }
+        let data = std::mem::take(&mut self.text_in);
+        let pairs = match text::parse(&data) {
+            Ok(p) => p,
+            Err(_) => {
+                let r = self.reject(&pdu, reject::PROTOCOL_ERROR);
+                out.push(Action::Send(r));
+                return;
+            }
+        };
+        let mut answer: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "SendTargets" => {
+                    let only = match (v.as_str(), &self.info.target_name) {
+                        ("All", None) => None,
+                        // In a normal session, only the session's own target is reported.
+                        ("All" | "", Some(t)) => Some(t.clone()),
+                        ("", None) => {
+                            answer.push((k.clone(), "Reject".into()));
+                            continue;
+                        }
+                        (name, _) => Some(name.to_string()),
+                    };
+                    for rec in dir.send_targets(&self.info.initiator_name, only.as_deref()) {
+                        answer.push(("TargetName".into(), rec.name));
+                        for a in rec.addresses {
+                            answer.push(("TargetAddress".into(), a));
+                        }
+                    }
+                }
+                _ => answer.push((k, "NotUnderstood".into())),
+            }
+        }
+        let bytes = text::encode(&answer);
+        let p = self.text_chunk(itt, bytes, mrdsl);
+        out.push(Action::Send(p));
+    }
+
+    fn text_chunk(&mut self, itt: u32, mut bytes: Vec<u8>, mrdsl: usize) -> Pdu {
+        let mut p = Pdu::new(Opcode::TextResponse);
+        p.set_itt(itt);
+        if bytes.len() > mrdsl {
+            let rest = bytes.split_off(mrdsl);
+            let ttt = self.ttt();
+            self.text_out = Some((ttt, rest));
+            p.set_flags(flags::TEXT_CONTINUE);
+            p.put32(20, ttt);
+        } else {
+            p.set_flags(flags::FINAL);
+            p.put32(20, RESERVED_TAG);
+        }
+        self.stamp(&mut p, true);
+        p.data = Bytes::from(bytes);
+        p
+    }
+
+    fn on_logout(&mut self, pdu: Pdu, out: &mut Vec<Action>) {
+        let reason = pdu.flags() & 0x7f;
+        let mut p = Pdu::new(Opcode::LogoutResponse);
+        p.set_flags(flags::FINAL);
+        // 0: close session, 1: close connection (the only one), 2: recovery (unsupported at ERL 0).
+        p.bhs[2] = if reason <= 1 { 0 } else { 2 };
+        p.set_itt(pdu.itt());
+        self.stamp(&mut p, true);
+        p.put16(40, self.info.params.default_time2wait as u16);
+        p.put16(42, self.info.params.default_time2retain as u16);
+        out.push(Action::Send(p));
+        if reason <= 1 {
+            self.closing = true;
+            out.push(Action::Close);
+        }
+    }
+
+    /// Ask the initiator to log out within `seconds` (Async Message, event 1).
+    pub fn request_logout(&mut self, seconds: u16) -> Vec<Action> {
+        let mut p = Pdu::new(Opcode::AsyncMessage);
+        p.set_flags(flags::FINAL);
+        p.set_itt(RESERVED_TAG);
+        self.stamp(&mut p, true);
+        p.bhs[36] = 1;
+        p.put16(42, seconds);
+        vec![Action::Send(p)]
+    }
+
+    /// The clock moved on: ping an idle initiator, or give up on a silent one.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.closing {
+            return out;
+        }
+        if let Some((_, sent)) = self.ping {
+            if now.duration_since(sent) > NOP_TIMEOUT {
+                tracing::info!(initiator = %self.info.initiator_name, "initiator did not answer NOP-In; closing");
+                self.closing = true;
+                out.push(Action::Close);
+            }
+            return out;
+        }
+        if now.duration_since(self.last_rx) >= NOP_INTERVAL {
+            let ttt = self.ttt();
+            let mut p = Pdu::new(Opcode::NopIn);
+            p.set_flags(flags::FINAL);
+            p.set_itt(RESERVED_TAG);
+            p.put32(20, ttt);
+            self.stamp(&mut p, false);
+            self.ping = Some((ttt, now));
+            out.push(Action::Send(p));
+        }
+        out
+    }
+}
+
+/// Residual flag and count for `produced` bytes against an expected `edtl`.
+fn residual(produced: usize, edtl: usize) -> (u8, u32) {
+    use std::cmp::Ordering::*;
+    match produced.cmp(&edtl) {
+        Less => (flags::UNDERFLOW, (edtl - produced) as u32),
+        Greater => (
+            flags::OVERFLOW,
+            (produced - edtl).min(u32::MAX as usize) as u32,
+        ),
+        Equal => (0, 0),
+    }
+}

@@ -1,0 +1,149 @@
+//! The member's configuration file (TOML).
+//!
+//! ```toml
+//! name = "member-1"          # default: member-<node_id>
+//! node_id = 1                # default: 1
+//! data_dir = "/var/lib/haven"
+//! portal = "0.0.0.0:3260"    # this member's iSCSI portal; default 127.0.0.1:3260
+//! api = "127.0.0.1:7070"     # REST API (and Raft) address; default 127.0.0.1:7070
+//! group_portal = "127.0.0.2:3260"  # served by whichever member leads; optional
+//! capacity = "100GiB"        # what this member offers the pool; default: free space
+//! bootstrap = true           # start a new single-member group if none exists; default true
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a member.
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range or malformed.
+    #[error("invalid config value for {key}: {message}")]
+    Value { key: &'static str, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Option<String>,
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    portal: Option<String>,
+    api: Option<String>,
+    group_portal: Option<String>,
+    capacity: Option<String>,
+    bootstrap: Option<bool>,
+}
+
+/// A member's settings, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub name: String,
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub portal: String,
+    pub api: String,
+    pub group_portal: Option<String>,
+    pub capacity: Option<u64>,
+    pub bootstrap: bool,
+}
+
+impl MemberConfig {
+    /// Defaults for a standalone member keeping its data in `data_dir`.
+    pub fn standalone(data_dir: PathBuf) -> Self {
+        MemberConfig {
+            name: "member-1".into(),
+            node_id: 1,
+            data_dir,
+            portal: "127.0.0.1:3260".into(),
+            api: "127.0.0.1:7070".into(),
+            group_portal: None,
+            capacity: None,
+            bootstrap: true,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let node_id = raw.node_id.unwrap_or(1);
+        if node_id == 0 {
+            return Err(ConfigError::Value {
+                key: "node_id",
+                message: "must be at least 1".into(),
+            });
+        }
+        let data_dir = raw.data_dir.ok_or(ConfigError::Value {
+            key: "data_dir",
+            message: "is required".into(),
+        })?;
+        let capacity = match raw.capacity {
+            Some(c) => Some(api::parse_size(&c).map_err(|e| ConfigError::Value {
+                key: "capacity",
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let cfg = MemberConfig {
+            name: raw.name.unwrap_or_else(|| format!("member-{node_id}")),
+            node_id,
+            data_dir,
+            portal: raw.portal.unwrap_or_else(|| "127.0.0.1:3260".into()),
+            api: raw.api.unwrap_or_else(|| "127.0.0.1:7070".into()),
+            group_portal: raw.group_portal,
+            capacity,
+            bootstrap: raw.bootstrap.unwrap_or(true),
+        };
+        for (key, addr) in [
+            ("portal", Some(&cfg.portal)),
+            ("api", Some(&cfg.api)),
+            ("group_portal", cfg.group_portal.as_ref()),
+        ] {
+            if let Some(a) = addr {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::Value {
+                        key,
+                        message: format!("{a:?} is not an ip:port address"),
+                    });
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let p = Path::new("m.toml");
+        let c = MemberConfig::parse("data_dir = \"/tmp/x\"\nnode_id = 2\n", p).unwrap();
+        assert_eq!(c.name, "member-2");
+        assert!(c.bootstrap);
+        assert!(MemberConfig::parse("node_id = 1\n", p).is_err());
+        assert!(MemberConfig::parse("data_dir = \"/x\"\nportal = \"nope\"\n", p).is_err());
+        assert!(MemberConfig::parse("data_dir = \"/x\"\nbogus = 1\n", p).is_err());
+        assert!(MemberConfig::parse("data_dir = \"/x\"\ncapacity = \"12XB\"\n", p).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The targets a portal fronts, as the iSCSI login and discovery engines ask for them.
+//!
+//! A member portal serves every volume itself. The group portal serves discovery and
+//! redirects each login ("target moved temporarily") to the member portal that should
+//! carry the session.
+
+use crate::registry::Registry;
+use control::{ClusterState, Volume};
+use iscsi::{ChapSecrets, Directory, Lookup, TargetRecord};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Which kind of portal this is.
+#[derive(Debug, Clone)]
+pub enum PortalKind {
+    /// This member's own portal at `address` (host:port).
+    Member { address: String },
+    /// The group portal at `address`; logins are redirected to a member portal.
+    Group { address: String },
+}
+
+pub struct PortalDirectory {
+    pub kind: PortalKind,
+    pub registry: Arc<Registry>,
+    pub state: watch::Receiver<Arc<ClusterState>>,
+    pub tpgt: u16,
+}
+
+fn allowed(v: &Volume, initiator: &str) -> bool {
+    v.allow.is_empty() || v.allow.iter().any(|a| a == initiator)
+}
+
+fn secrets(v: &Volume) -> Option<ChapSecrets> {
+    v.chap.as_ref().map(|c| ChapSecrets {
+        user: c.user.clone(),
+        secret: c.secret.clone().into_bytes(),
+        target: match (&c.mutual_user, &c.mutual_secret) {
+            (Some(u), Some(s)) => Some((u.clone(), s.clone().into_bytes())),
+            _ => None,
+        },
+    })
+}
+
+impl PortalDirectory {
+    /// The member portal a new session should use: the one with the fewest sessions.
+    fn least_loaded_member(&self, state: &ClusterState) -> Option<String> {
+        // Only this member's load is known locally so far; others count as idle. The group
+        // issue replaces this with loads every member reports.
+        state
+            .members
+            .values()
+            .min_by_key(|m| {
+                let load = if m.name == self.registry.member {
+                    self.registry.session_count()
+                } else {
+                    0
+                };
+                (load, m.node_id)
+            })
+            .map(|m| format!("{},{}", m.portal, m.node_id))
+    }
+}
+
+impl Directory for PortalDirectory {
+    fn lookup(&self, target: &str, initiator: &str) -> Lookup {
+        let state = self.state.borrow().clone();
+        let Some(v) = state.volumes.values().find(|v| v.iqn() == target) else {
+            return Lookup::NotFound;
+        };
+        if !allowed(v, initiator) {
+            return Lookup::Denied;
+        }
+        match &self.kind {
+            PortalKind::Member { .. } => {
+                if self.registry.get(target).is_none() {
+                    return Lookup::NotFound;
+                }
+                Lookup::Serve { auth: secrets(v) }
+            }
+            PortalKind::Group { .. } => match self.least_loaded_member(&state) {
+                Some(address) => Lookup::Redirect { address },
+                None => Lookup::NotFound,
+            },
+        }
+    }
+
+    fn send_targets(&self, initiator: &str, only: Option<&str>) -> Vec<TargetRecord> {
+        let state = self.state.borrow().clone();
+        let address = match &self.kind {
+            PortalKind::Member { address } | PortalKind::Group { address } => {
+                format!("{address},{}", self.tpgt)
+            }
+        };
+        state
+            .volumes
+            .values()
+            .filter(|v| allowed(v, initiator))
+            .filter(|v| only.is_none_or(|o| o == v.iqn()))
+            .map(|v| TargetRecord {
+                name: v.iqn(),
+                addresses: vec![address.clone()],
+            })
+            .collect()
+    }
+
+    fn portal_group_tag(&self) -> u16 {
+        self.tpgt
+    }
+}

@@ -1,0 +1,312 @@
+//! The member's REST API (routes listed in the `api` crate), merged with the control
+//! plane's Raft routes on one port.
+
+use crate::Member;
+use api::{CreateVolume, ErrorBody, GroupStatus, MemberView, Resize, SetAcl, SetChap, VolumeView};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use control::{Chap, Command, Outcome, RefusalKind};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// An API error: status, kind and message.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(ErrorBody {
+                error: self.2,
+                kind: self.1.into(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<control::ControlError> for ApiError {
+    fn from(e: control::ControlError) -> Self {
+        use control::ErrorKind::*;
+        match e.kind() {
+            NoLeader | Network | Shutdown => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            Indeterminate => ApiError(StatusCode::GATEWAY_TIMEOUT, "indeterminate", e.to_string()),
+            _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+}
+
+fn refused(kind: RefusalKind, message: String) -> ApiError {
+    match kind {
+        RefusalKind::NotFound => ApiError(StatusCode::NOT_FOUND, "not_found", message),
+        RefusalKind::AlreadyExists => ApiError(StatusCode::CONFLICT, "already_exists", message),
+        RefusalKind::Invalid => ApiError(StatusCode::BAD_REQUEST, "invalid", message),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no volume named {name}"),
+    )
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(member: Arc<Member>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/v1/volumes/{name}", get(show_volume).delete(delete_volume))
+        .route("/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/v1/volumes/{name}/acl", put(set_acl))
+        .route("/v1/volumes/{name}/chap", put(set_chap))
+        .with_state(member)
+}
+
+fn member_views(m: &Member) -> Vec<MemberView> {
+    let state = m.control.state();
+    let leader = m.control.leader().map(|(id, _)| id);
+    state
+        .members
+        .values()
+        .map(|x| MemberView {
+            name: x.name.clone(),
+            node_id: x.node_id,
+            api: x.api_addr.clone(),
+            portal: x.portal.clone(),
+            capacity: x.capacity,
+            state: if x.name == m.config.name || Some(x.node_id) == leader {
+                "online".into()
+            } else {
+                "unknown".into()
+            },
+            leader: Some(x.node_id) == leader,
+        })
+        .collect()
+}
+
+async fn status(State(m): State<Arc<Member>>) -> ApiResult<GroupStatus> {
+    let state = m.control.state();
+    let leader = m.control.leader().and_then(|(id, _)| {
+        state
+            .members
+            .values()
+            .find(|x| x.node_id == id)
+            .map(|x| x.name.clone())
+    });
+    Ok(Json(GroupStatus {
+        member: m.config.name.clone(),
+        leader,
+        group_portal: m.config.group_portal.clone(),
+        members: member_views(&m),
+        volumes: state.volumes.len(),
+    }))
+}
+
+async fn members(State(m): State<Arc<Member>>) -> ApiResult<Vec<MemberView>> {
+    Ok(Json(member_views(&m)))
+}
+
+fn view(m: &Member, v: &control::Volume) -> VolumeView {
+    VolumeView::from_volume(v, m.registry.sessions_of(&v.iqn()))
+}
+
+async fn list_volumes(State(m): State<Arc<Member>>) -> ApiResult<Vec<VolumeView>> {
+    let state = m.control.state();
+    Ok(Json(state.volumes.values().map(|v| view(&m, v)).collect()))
+}
+
+async fn show_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<VolumeView> {
+    let state = m.control.state();
+    let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
+    Ok(Json(view(&m, v)))
+}
+
+fn chap_of(spec: Option<api::ChapSpec>) -> Result<Option<Chap>, ApiError> {
+    let Some(c) = spec else { return Ok(None) };
+    if c.user.is_empty() || c.secret.len() < 12 || c.secret.len() > 255 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "CHAP needs a user and a secret of 12 to 255 characters".into(),
+        ));
+    }
+    if c.mutual_user.is_some() != c.mutual_secret.is_some() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "mutual CHAP needs both a user and a secret".into(),
+        ));
+    }
+    if c.mutual_secret.as_ref().is_some_and(|s| s == &c.secret) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the mutual CHAP secret must differ from the initiator's".into(),
+        ));
+    }
+    Ok(Some(Chap {
+        user: c.user,
+        secret: c.secret,
+        mutual_user: c.mutual_user,
+        mutual_secret: c.mutual_secret,
+    }))
+}
+
+async fn apply(m: &Member, cmd: Command) -> Result<Outcome, ApiError> {
+    match m.control.write(cmd).await? {
+        Outcome::Refused { kind, message } => Err(refused(kind, message)),
+        o => Ok(o),
+    }
+}
+
+/// Wait until this member's registry serves `name` (it follows the applied state).
+async fn settled(m: &Member, v: &control::Volume) {
+    for _ in 0..100 {
+        if m.registry
+            .get(&v.iqn())
+            .is_some_and(|h| h.volume.read().unwrap().size == v.size)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn create_volume(
+    State(m): State<Arc<Member>>,
+    Json(req): Json<CreateVolume>,
+) -> Result<(StatusCode, Json<VolumeView>), ApiError> {
+    let chap = chap_of(req.chap)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cmd = Command::CreateVolume {
+        name: req.name,
+        size: req.size,
+        block_size: req.block_size.unwrap_or(512),
+        replicas: req.replicas.unwrap_or(1),
+        thick: req.thick,
+        allow: req.allow,
+        chap,
+        created,
+    };
+    match apply(&m, cmd).await? {
+        Outcome::Volume(v) => {
+            settled(&m, &v).await;
+            Ok((StatusCode::CREATED, Json(view(&m, &v))))
+        }
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Query(q): Query<Force>,
+) -> ApiResult<serde_json::Value> {
+    let state = m.control.state();
+    let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
+    let sessions = m.registry.sessions_of(&v.iqn());
+    if !sessions.is_empty() && !q.force {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "volume {name} has {} iSCSI session(s); log them out or use --force",
+                sessions.len()
+            ),
+        ));
+    }
+    apply(&m, Command::DeleteVolume { name }).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn resize_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<Resize>,
+) -> ApiResult<VolumeView> {
+    match apply(
+        &m,
+        Command::ResizeVolume {
+            name,
+            size: req.size,
+        },
+    )
+    .await?
+    {
+        Outcome::Volume(v) => {
+            settled(&m, &v).await;
+            Ok(Json(view(&m, &v)))
+        }
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+async fn set_acl(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<SetAcl>,
+) -> ApiResult<VolumeView> {
+    match apply(
+        &m,
+        Command::SetAcl {
+            name,
+            allow: req.allow,
+        },
+    )
+    .await?
+    {
+        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+async fn set_chap(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<SetChap>,
+) -> ApiResult<VolumeView> {
+    let chap = chap_of(req.chap)?;
+    match apply(&m, Command::SetChap { name, chap }).await? {
+        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}

@@ -1,0 +1,231 @@
+//! The storage member service: one process per storage server.
+//!
+//! It runs the control plane node (Raft), serves the REST API on its API address, its
+//! own iSCSI portal, and — while it leads the group — the group portal. Volumes follow
+//! the replicated state: the registry opens, grows and removes them as commands apply.
+
+pub mod config;
+pub mod directory;
+pub mod http;
+pub mod portal;
+pub mod registry;
+
+pub use config::{ConfigError, MemberConfig};
+
+use control::{Command, ControlConfig, ControlPlane};
+use directory::{PortalDirectory, PortalKind};
+use registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// The data directory could not be created or is not a directory.
+    #[error("data directory {path}: {message}")]
+    DataDir { path: String, message: String },
+    /// A listening address could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The control plane failed to open or bootstrap.
+    #[error("control plane: {0}")]
+    Control(#[from] control::ControlError),
+    /// Serving the API failed.
+    #[error("api server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running member.
+pub struct Member {
+    pub config: MemberConfig,
+    pub control: ControlPlane,
+    pub registry: Arc<Registry>,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, MemberError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MemberError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn check_data_dir(path: &std::path::Path) -> Result<(), MemberError> {
+    let err = |message: String| MemberError::DataDir {
+        path: path.display().to_string(),
+        message,
+    };
+    if path.exists() && !path.is_dir() {
+        return Err(err("exists and is not a directory".into()));
+    }
+    std::fs::create_dir_all(path).map_err(|e| err(e.to_string()))
+}
+
+fn free_space(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the struct we own; the path is a valid C string.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return 0;
+    }
+    s.f_bavail as u64 * s.f_frsize as u64
+}
+
+/// Run a member until SIGINT or SIGTERM.
+pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
+    check_data_dir(&config.data_dir)?;
+    // Bind every listener first: a port in use is reported before anything changes.
+    let api_listener = bind("api", &config.api).await?;
+    let portal_listener = bind("portal", &config.portal).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(MemberError::Serve)?
+        .to_string();
+    let portal_addr = portal_listener
+        .local_addr()
+        .map_err(MemberError::Serve)?
+        .to_string();
+
+    let control = ControlPlane::open(ControlConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.join("control"),
+        api_addr: api_addr.clone(),
+    })
+    .await?;
+    let registry = Arc::new(
+        Registry::new(config.name.clone(), config.data_dir.clone()).map_err(|e| {
+            MemberError::DataDir {
+                path: config.data_dir.display().to_string(),
+                message: e.to_string(),
+            }
+        })?,
+    );
+    let member = Arc::new(Member {
+        config: config.clone(),
+        control: control.clone(),
+        registry: registry.clone(),
+    });
+
+    // The API comes up before bootstrap so peers and the CLI can reach it at once.
+    let app = http::router(member.clone()).merge(control.router());
+    let api_task = tokio::spawn(async move { axum::serve(api_listener, app).await });
+
+    if config.bootstrap {
+        control.bootstrap_single().await?;
+    }
+
+    // Volumes follow the applied state.
+    let mut state_rx = control.subscribe();
+    let reg = registry.clone();
+    tokio::spawn(async move {
+        loop {
+            let state = state_rx.borrow_and_update().clone();
+            let r = reg.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reconcile(&state)).await;
+            if state_rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Register (or re-register, with today's addresses) in the group.
+    let capacity = config
+        .capacity
+        .unwrap_or_else(|| free_space(&config.data_dir));
+    let record = control::Member {
+        name: config.name.clone(),
+        node_id: config.node_id,
+        api_addr: api_addr.clone(),
+        portal: portal_addr.clone(),
+        capacity,
+    };
+    let ctl = control.clone();
+    tokio::spawn(async move {
+        loop {
+            if ctl.state().members.get(&record.name) == Some(&record) {
+                break;
+            }
+            match ctl.write(Command::RegisterMember(record.clone())).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register in the group yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+
+    let tpgt = u16::try_from(config.node_id).unwrap_or(u16::MAX);
+    let member_dir = Arc::new(PortalDirectory {
+        kind: PortalKind::Member {
+            address: portal_addr.clone(),
+        },
+        registry: registry.clone(),
+        state: control.subscribe(),
+        tpgt,
+    });
+    tokio::spawn(portal::serve(portal_listener, member_dir));
+
+    if let Some(group) = config.group_portal.clone() {
+        tokio::spawn(group_portal(group, control.clone(), registry.clone()));
+    }
+
+    tracing::info!(member = %config.name, api = %api_addr, portal = %portal_addr, "member serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(MemberError::Serve)?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = api_task => {
+            if let Ok(Err(e)) = r {
+                return Err(MemberError::Serve(e));
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    control.shutdown().await;
+    Ok(())
+}
+
+/// Serve the group portal while this member leads the group.
+async fn group_portal(address: String, control: ControlPlane, registry: Arc<Registry>) {
+    let mut serving: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let leading = control.is_leader();
+        match (&serving, leading) {
+            (None, true) => match TcpListener::bind(&address).await {
+                Ok(l) => {
+                    tracing::info!(%address, "serving the group portal");
+                    let dir = Arc::new(PortalDirectory {
+                        kind: PortalKind::Group {
+                            address: address.clone(),
+                        },
+                        registry: registry.clone(),
+                        state: control.subscribe(),
+                        tpgt: 1,
+                    });
+                    serving = Some(tokio::spawn(portal::serve(l, dir)));
+                }
+                Err(e) => tracing::warn!(%address, error = %e, "cannot bind the group portal yet"),
+            },
+            (Some(_), false) => {
+                tracing::info!(%address, "no longer leading; releasing the group portal");
+                if let Some(h) = serving.take() {
+                    h.abort();
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,362 @@
+//! A logical unit: the SCSI command engine for one volume.
+
+use crate::cdb::Cdb;
+use crate::device::{BlockDevice, DeviceError};
+use crate::pr::{PrPersistence, PrRestoreError, ResState};
+use crate::rsoc::{self, Access, Lookup};
+use crate::sense::{codes, Check, Sense};
+use crate::status;
+use crate::ua::UaTable;
+use crate::xcopy::CopyState;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+/// An I_T nexus: one initiator port talking to the LU through one target port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NexusId {
+    /// iSCSI initiator name, e.g. `iqn.1994-05.com.example:host1`.
+    pub initiator_name: String,
+    /// The session's ISID (6 bytes, big-endian in the low 48 bits).
+    pub isid: u64,
+    /// Relative target port identifier of the portal the session came through (1-based).
+    pub relative_target_port: u16,
+}
+
+/// Stable identity of a logical unit, reported in INQUIRY and its VPD pages.
+#[derive(Debug, Clone)]
+pub struct LuIdentity {
+    /// NAA IEEE registered extended identifier (type 6, 16 bytes) — stable for the volume's life.
+    pub naa: [u8; 16],
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// The iSCSI target name, reported as the SCSI target device name designator.
+    pub target_name: String,
+    /// Target port group of the port (ALUA), 1-based.
+    pub target_port_group: u16,
+}
+
+/// The outcome of one SCSI command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    /// SCSI status (see [`crate::status`]).
+    pub status: u8,
+    /// Sense data (fixed format) when status is CHECK CONDITION.
+    pub sense: Option<Vec<u8>>,
+    /// Data-In bytes, already cut to the CDB's allocation length.
+    pub data: Vec<u8>,
+}
+
+/// Task management functions that reach the logical unit (ABORT TASK is handled by the
+/// transport, which owns the task list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskManagement {
+    AbortTaskSet,
+    ClearTaskSet,
+    LogicalUnitReset,
+    TargetWarmReset,
+    TargetColdReset,
+}
+
+/// Result of a task management function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfResult {
+    Complete,
+    NotSupported,
+    Rejected,
+}
+
+/// Looks up the device behind a third-party copy target descriptor (an NAA designator).
+pub type CopyResolver = Arc<dyn Fn(&[u8; 16]) -> Option<Arc<dyn BlockDevice>> + Send + Sync>;
+
+/// One ALUA target port group and the relative target ports in it (REPORT TARGET PORT GROUPS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPortGroup {
+    pub id: u16,
+    pub ports: Vec<u16>,
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fail {
+    Check(Check),
+    Conflict,
+}
+
+impl From<Check> for Fail {
+    fn from(c: Check) -> Self {
+        Fail::Check(c)
+    }
+}
+
+impl From<Sense> for Fail {
+    fn from(s: Sense) -> Self {
+        Fail::Check(s.into())
+    }
+}
+
+/// A successful command: status (GOOD or CONDITION MET) and Data-In.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub status: u8,
+    pub data: Vec<u8>,
+}
+
+impl Reply {
+    pub fn good() -> Self {
+        Reply {
+            status: status::GOOD,
+            data: Vec::new(),
+        }
+    }
+    pub fn data(data: Vec<u8>) -> Self {
+        Reply {
+            status: status::GOOD,
+            data,
+        }
+    }
+}
+
+pub(crate) type CmdResult = Result<Reply, Fail>;
+
+/// Everything a command handler needs.
+pub(crate) struct Ctx<'a> {
+    pub lu: &'a LogicalUnit,
+    pub nexus: &'a NexusId,
+    pub cdb: Cdb,
+    pub data: &'a [u8],
+}
+
+impl Ctx<'_> {
+    pub fn dev(&self) -> &dyn BlockDevice {
+        self.lu.dev.as_ref()
+    }
+
+    /// Maps a device error to sense data (and queues the thin-provisioning UA on NoSpace).
+    pub fn dev_fail(&self, e: DeviceError) -> Fail {
+        self.lu.map_dev_err(self.nexus, e)
+    }
+
+    /// Writes are refused when the device is read-only or SWP is set.
+    pub fn check_writable(&self) -> Result<(), Fail> {
+        if self.lu.write_protected() {
+            return Err(codes::WRITE_PROTECTED.into());
+        }
+        Ok(())
+    }
+}
+
+/// The engine for one volume. Shared by every session that reaches the volume.
+pub struct LogicalUnit {
+    pub(crate) dev: Arc<dyn BlockDevice>,
+    pub(crate) identity: LuIdentity,
+    pub(crate) ua: UaTable,
+    pub(crate) res: RwLock<ResState>,
+    pub(crate) swp: AtomicBool,
+    pub(crate) stripes: crate::rw::Stripes,
+    pub(crate) copy: Mutex<CopyState>,
+    pub(crate) sanitizing: AtomicBool,
+    pub(crate) sanitize_min: Mutex<Duration>,
+    pub(crate) persistence: RwLock<Option<Arc<dyn PrPersistence>>>,
+    pub(crate) resolver: RwLock<Option<CopyResolver>>,
+    pub(crate) port_groups: RwLock<Option<Vec<TargetPortGroup>>>,
+}
+
+/// Commands that neither report nor clear a unit attention (SAM-5 5.14).
+fn ua_exempt(op: u8) -> bool {
+    matches!(op, 0x12 | 0xA0 | 0x03)
+}
+
+impl LogicalUnit {
+    pub fn new(dev: Arc<dyn BlockDevice>, identity: LuIdentity) -> Self {
+        Self {
+            dev,
+            identity,
+            ua: UaTable::default(),
+            res: RwLock::new(ResState::default()),
+            swp: AtomicBool::new(false),
+            stripes: crate::rw::Stripes::new(),
+            copy: Mutex::new(CopyState::default()),
+            sanitizing: AtomicBool::new(false),
+            sanitize_min: Mutex::new(Duration::from_secs(10)),
+            persistence: RwLock::new(None),
+            resolver: RwLock::new(None),
+            port_groups: RwLock::new(None),
+        }
+    }
+
+    /// Execute one command. `data_out` holds every byte the initiator sent for it.
+    ///
+    /// Write-type commands use the whole blocks present in `data_out` up to the CDB's
+    /// transfer length (a shorter Data-Out writes fewer blocks, as iSCSI residual tests
+    /// expect); COMPARE AND WRITE and WRITE SAME require the exact size.
+    pub fn execute(&self, nexus: &NexusId, cdb: &[u8], data_out: &[u8]) -> Response {
+        match self.run(nexus, cdb, data_out) {
+            Ok(r) => Response {
+                status: r.status,
+                sense: None,
+                data: r.data,
+            },
+            Err(Fail::Conflict) => Response {
+                status: status::RESERVATION_CONFLICT,
+                sense: None,
+                data: Vec::new(),
+            },
+            Err(Fail::Check(c)) => Response {
+                status: status::CHECK_CONDITION,
+                sense: Some(c.bytes()),
+                data: Vec::new(),
+            },
+        }
+    }
+
+    fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8]) -> CmdResult {
+        self.ua.touch(nexus);
+        let op = raw.first().copied().unwrap_or(0);
+        if !raw.is_empty() && !ua_exempt(op) {
+            if let Some(ua) = self.ua.take(nexus) {
+                return Err(ua.into());
+            }
+        }
+        let cdb = Cdb::parse(raw)?;
+        let info = match rsoc::lookup(cdb.op(), cdb.sa()) {
+            Lookup::Found(i) => i,
+            Lookup::BadServiceAction => {
+                return Err(crate::sense::invalid_cdb_field(1, Some(4)).into())
+            }
+            Lookup::Unknown => return Err(codes::INVALID_OPCODE.into()),
+        };
+        if self.sanitizing.load(Ordering::SeqCst) && !ua_exempt(op) {
+            return Err(codes::SANITIZE_IN_PROGRESS.into());
+        }
+        self.check_access(nexus, info.access, &cdb)?;
+        let ctx = Ctx {
+            lu: self,
+            nexus,
+            cdb,
+            data: data_out,
+        };
+        crate::dispatch::dispatch(&ctx)
+    }
+
+    fn check_access(&self, nexus: &NexusId, access: Access, cdb: &Cdb) -> Result<(), Fail> {
+        let res = self.res_read();
+        res.check(nexus, access, cdb)
+    }
+
+    /// A task management function from `nexus`.
+    pub fn task_management(&self, nexus: &NexusId, tmf: TaskManagement) -> TmfResult {
+        self.ua.touch(nexus);
+        match tmf {
+            TaskManagement::AbortTaskSet | TaskManagement::ClearTaskSet => {}
+            TaskManagement::LogicalUnitReset => {
+                self.res_write().spc2 = None;
+                self.ua.push_all(codes::UA_LUN_RESET);
+            }
+            TaskManagement::TargetWarmReset => {
+                self.res_write().spc2 = None;
+                self.ua.push_all(codes::UA_POWER_ON);
+            }
+            TaskManagement::TargetColdReset => {
+                self.res_write().spc2 = None;
+                self.swp.store(false, Ordering::SeqCst);
+                self.ua.push_all(codes::UA_POWER_ON_OCCURRED);
+            }
+        }
+        TmfResult::Complete
+    }
+
+    /// The I_T nexus is gone (session closed or dropped): its SPC-2 reservation is
+    /// released and, if it comes back, it is treated as new (POWER ON unit attention).
+    /// Persistent reservations and registrations survive, as SPC-4 requires.
+    pub fn nexus_lost(&self, nexus: &NexusId) {
+        {
+            let mut r = self.res_write();
+            if r.spc2.as_ref() == Some(nexus) {
+                r.spc2 = None;
+            }
+        }
+        self.ua.forget(nexus);
+    }
+
+    /// The device's capacity changed (online resize): every nexus gets a unit attention.
+    pub fn capacity_changed(&self) {
+        self.ua.push_all(codes::UA_CAPACITY_CHANGED);
+    }
+
+    /// The device behind the LU.
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// The identity reported in INQUIRY.
+    pub fn identity(&self) -> &LuIdentity {
+        &self.identity
+    }
+
+    /// Sets the designator → device lookup EXTENDED COPY uses for other volumes.
+    /// Without one only this LU's own NAA designator resolves.
+    pub fn set_copy_resolver(&self, resolver: CopyResolver) {
+        *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+    }
+
+    /// Where persistent reservation state goes when an initiator sets APTPL.
+    pub fn set_pr_persistence(&self, p: Arc<dyn PrPersistence>) {
+        *self.persistence.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    /// Restores persistent reservation state saved through [`PrPersistence::save`].
+    pub fn restore_pr(&self, bytes: &[u8]) -> Result<(), PrRestoreError> {
+        let st = crate::pr::decode(bytes)?;
+        self.res_write().pr = st;
+        Ok(())
+    }
+
+    /// The least time a SANITIZE keeps the LU in "sanitize in progress" (default 10 s).
+    pub fn set_sanitize_min_duration(&self, d: Duration) {
+        *self.sanitize_min.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
+    /// The ALUA target port groups REPORT TARGET PORT GROUPS returns. Without this call
+    /// the LU reports one group (`identity.target_port_group`) with every port it has seen.
+    pub fn set_target_port_groups(&self, groups: Vec<TargetPortGroup>) {
+        *self.port_groups.write().unwrap_or_else(|e| e.into_inner()) = Some(groups);
+    }
+
+    /// True while a SANITIZE runs.
+    pub fn sanitize_in_progress(&self) -> bool {
+        self.sanitizing.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn write_protected(&self) -> bool {
+        self.dev.read_only() || self.swp.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn res_read(&self) -> RwLockReadGuard<'_, ResState> {
+        self.res.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn res_write(&self) -> RwLockWriteGuard<'_, ResState> {
+        self.res.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn copy_state(&self) -> MutexGuard<'_, CopyState> {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn map_dev_err(&self, nexus: &NexusId, e: DeviceError) -> Fail {
+        match e {
+            DeviceError::OutOfRange { .. } => codes::LBA_OUT_OF_RANGE.into(),
+            DeviceError::Medium { lba } => codes::UNRECOVERED_READ_ERROR.with_info(lba).into(),
+            DeviceError::NoSpace => {
+                self.ua.push(nexus, codes::UA_THIN_THRESHOLD);
+                codes::SPACE_ALLOCATION_FAILED.into()
+            }
+            DeviceError::ReadOnly => codes::WRITE_PROTECTED.into(),
+            DeviceError::Io(err) => {
+                tracing::warn!(error = %err, "device i/o error");
+                codes::INTERNAL_TARGET_FAILURE.into()
+            }
+        }
+    }
+}
