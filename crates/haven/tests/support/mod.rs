@@ -1,0 +1,141 @@
+//! Test support: a lab of real `haven` processes in a temp dir, reaped on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub fn haven_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_haven")
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Run `haven ARGS` and return its output.
+pub fn haven(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(haven_bin());
+    c.args(args);
+    c.env_remove("HAVEN_API");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run haven")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A lab in a temp dir. Dropping it stops every process it started, even when the test
+/// failed: each member runs in its own process group, which is killed outright.
+pub struct Lab {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub portal: String,
+}
+
+impl Lab {
+    pub fn up() -> Lab {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        // A loopback address of its own keeps the test clear of a developer's lab.
+        let portal = format!("127.0.{}.{}:{}", 100 + std::process::id() % 100, 2 + std::process::id() % 200, free_port());
+        let lab = Lab { tmp, dir, portal };
+        lab.up_again();
+        lab
+    }
+
+    pub fn up_again(&self) {
+        let o = haven(&["lab", "up", "--detach", "--data", self.dir_str(), "--portal", &self.portal], &[]);
+        assert!(o.status.success(), "lab up failed: {}{}", stdout(&o), stderr(&o));
+    }
+
+    pub fn dir_str(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// `HAVEN_API` of the lab.
+    pub fn api(&self) -> String {
+        let env = std::fs::read_to_string(self.dir.join("env")).unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix("HAVEN_API="))
+            .unwrap()
+            .to_string()
+    }
+
+    /// Run a CLI command against this lab.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let api = self.api();
+        haven(args, &[("HAVEN_API", &api)])
+    }
+
+    /// Run a CLI command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(o.status.success(), "haven {args:?} failed: {}", stderr(&o));
+        stdout(&o)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = haven(&["lab", "status", "--json", "--data", self.dir_str()], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    pub fn iscsi_url(&self, volume: &str) -> String {
+        format!("iscsi://{}/iqn.2026-11.org.haven:{volume}/0", self.portal)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return pids };
+        for e in rd.flatten() {
+            if let Ok(p) = std::fs::read_to_string(e.path().join("pid")) {
+                if let Ok(pid) = p.trim().parse() {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            // The member leads its own process group: kill the whole group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run an external tool, panicking with its output if it fails.
+pub fn run_tool(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} not runnable ({e}); run scripts/setup"));
+    assert!(o.status.success(), "{cmd} {args:?} failed: {}{}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+pub fn write_random(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        // xorshift64*: cheap, deterministic, incompressible enough for a thin volume.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    std::fs::write(path, v).unwrap();
+}
