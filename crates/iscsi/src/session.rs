@@ -141,6 +141,8 @@ pub struct Session {
     next_ttt: u32,
     text_in: Vec<u8>,
     text_out: Option<(u32, Vec<u8>)>,
+    /// TTT of the empty response that acknowledged a request with the C bit.
+    text_in_ttt: Option<u32>,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     closing: bool,
@@ -157,6 +159,7 @@ impl Session {
             next_ttt: 1,
             text_in: Vec::new(),
             text_out: None,
+            text_in_ttt: None,
             last_rx: now,
             ping: None,
             closing: false,
@@ -229,6 +232,10 @@ impl Session {
     pub fn on_pdu(&mut self, pdu: Pdu, dir: &dyn Directory, now: Instant) -> Vec<Action> {
         self.last_rx = now;
         let mut out = Vec::new();
+        while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.dispatch(next, dir, now, &mut out);
+        }
         let op = pdu.opcode();
         // PDUs that carry a CmdSN are admitted in order within the window.
         let numbered = matches!(
@@ -321,7 +328,7 @@ impl Session {
             return;
         }
         let cdb = pdu.cdb();
-        let unsolicited = if write && !p.initial_r2t {
+        let unsolicited = if write && !p.initial_r2t && !pdu.final_bit() {
             p.first_burst.min(edtl).saturating_sub(immediate)
         } else {
             0
@@ -380,7 +387,7 @@ impl Session {
             if t.unsolicited_left > 0 {
                 return;
             }
-            while t.r2ts.len() < max_r2t && t.next_r2t_offset < t.edtl {
+            while t.r2ts.len() + r2ts.len() < max_r2t && t.next_r2t_offset < t.edtl {
                 let len = (t.edtl - t.next_r2t_offset).min(max_burst);
                 r2ts.push((t.next_r2t_offset, len, t.r2tsn, t.lun));
                 t.next_r2t_offset += len;
@@ -469,7 +476,7 @@ impl Session {
             return out;
         }
         let edtl = task.edtl as usize;
-        if task.read && !outcome.data.is_empty() {
+        if task.read && !outcome.data.is_empty() && edtl > 0 {
             let data = outcome.data.slice(..outcome.data.len().min(edtl));
             let (flag, residual) = residual(outcome.data.len(), edtl);
             let with_status = outcome.status == crate::STATUS_GOOD && outcome.sense.is_none();
@@ -516,7 +523,7 @@ impl Session {
             return out;
         }
         let (flag, residual) = if task.read {
-            residual(0, edtl)
+            residual(outcome.data.len(), edtl)
         } else if task.write {
             (0, 0)
         } else if edtl > 0 {
@@ -596,7 +603,7 @@ impl Session {
                     }
                     _ => {
                         // Not here: complete if it may simply not have arrived yet.
-                        if sn_lt(ref_cmd_sn, pdu.cmd_sn()) || sn_le(self.exp_cmd_sn, ref_cmd_sn) {
+                        if sn_lt(ref_cmd_sn, pdu.cmd_sn()) && sn_le(self.exp_cmd_sn, ref_cmd_sn) {
                             tmf_response::COMPLETE
                         } else {
                             tmf_response::NO_TASK
@@ -664,7 +671,7 @@ impl Session {
         let ttt = pdu.ttt();
         let mrdsl = self.info.params.initiator_max_recv.max(512) as usize;
         // The initiator asks for the rest of a long answer.
-        if ttt != RESERVED_TAG {
+        if ttt != RESERVED_TAG && self.text_in_ttt.take() != Some(ttt) {
             match self.text_out.take() {
                 Some((t, rest)) if t == ttt => {
                     let p = self.text_chunk(itt, rest, mrdsl);
@@ -691,6 +698,7 @@ impl Session {
             p.set_itt(itt);
             let t = self.ttt();
             p.put32(20, t);
+            self.text_in_ttt = Some(t);
             self.stamp(&mut p, true);
             out.push(Action::Send(p));
             return;

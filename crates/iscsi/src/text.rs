@@ -76,7 +76,8 @@ pub fn parse_number(v: &str) -> Option<u64> {
 /// Parse a binary value: `0x` hex or `0b` base64 (RFC 7143 §6.1).
 pub fn parse_binary(v: &str) -> Option<Vec<u8>> {
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.is_empty() {
+        // Hex digits only: a multi-byte character would split mid-character below.
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let h = if h.len() % 2 == 1 {

@@ -21,7 +21,11 @@ fn params() -> SessionParams {
 
 fn session_with(p: SessionParams) -> (Session, TestDir, Instant) {
     let now = Instant::now();
-    (Session::new(outcome(p, false), now), TestDir::standard(), now)
+    (
+        Session::new(outcome(p, false), now),
+        TestDir::standard(),
+        now,
+    )
 }
 
 fn owned(actions: &[Action]) -> Vec<Pdu> {
@@ -29,7 +33,16 @@ fn owned(actions: &[Action]) -> Vec<Pdu> {
 }
 
 fn read_cmd(itt: u32, sn: u32, edtl: u32) -> Pdu {
-    scsi_cmd(itt, sn, true, false, edtl, &read10(0, (edtl / 512) as u16), &[], true)
+    scsi_cmd(
+        itt,
+        sn,
+        true,
+        false,
+        edtl,
+        &read10(0, (edtl / 512) as u16),
+        &[],
+        true,
+    )
 }
 
 fn good(data: Vec<u8>) -> Outcome {
@@ -40,7 +53,15 @@ fn good(data: Vec<u8>) -> Outcome {
 }
 
 /// Submit a read, check it reaches Execute, complete it with `data`.
-fn run_read(s: &mut Session, dir: &TestDir, now: Instant, itt: u32, sn: u32, edtl: u32, o: Outcome) -> Vec<Pdu> {
+fn run_read(
+    s: &mut Session,
+    dir: &TestDir,
+    now: Instant,
+    itt: u32,
+    sn: u32,
+    edtl: u32,
+    o: Outcome,
+) -> Vec<Pdu> {
     let a = s.on_pdu(read_cmd(itt, sn, edtl), dir, now);
     let ex = executes(&a);
     assert_eq!(ex.len(), 1);
@@ -139,14 +160,19 @@ fn read_with_check_condition_sends_data_then_response() {
     };
     let pdus = run_read(&mut s, &dir, now, 1, 10, 8192, o);
     assert_eq!(pdus.len(), 3);
-    assert!(pdus[..2].iter().all(|p| p.opcode() == Some(Opcode::DataIn) && p.flags() & flags::STATUS == 0));
+    assert!(pdus[..2]
+        .iter()
+        .all(|p| p.opcode() == Some(Opcode::DataIn) && p.flags() & flags::STATUS == 0));
     let r = &pdus[2];
     assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
     assert_eq!(r.bhs[3], 2);
     assert_ne!(r.flags() & flags::UNDERFLOW, 0);
     assert_eq!(r.get32(44), 3192);
     // Sense data: 2-byte length then fixed-format sense.
-    assert_eq!(u16::from_be_bytes([r.data[0], r.data[1]]) as usize, r.data.len() - 2);
+    assert_eq!(
+        u16::from_be_bytes([r.data[0], r.data[1]]) as usize,
+        r.data.len() - 2
+    );
     assert_eq!(r.data[2 + 2], 3);
 }
 
@@ -191,9 +217,22 @@ fn write_with_unsolicited_data_out() {
     let (mut s, dir, now) = session_with(p);
     let data = pattern(16384, 8);
     // 4096 immediate, then unsolicited Data-Out up to FirstBurstLength (16384).
-    let cmd = scsi_cmd(1, 10, false, true, 16384, &write10(0, 32), &data[..4096], false);
+    let cmd = scsi_cmd(
+        1,
+        10,
+        false,
+        true,
+        16384,
+        &write10(0, 32),
+        &data[..4096],
+        false,
+    );
     assert!(s.on_pdu(cmd, &dir, now).is_empty());
-    let a = s.on_pdu(data_out(1, NO_TAG, 0, 4096, &data[4096..8192], false), &dir, now);
+    let a = s.on_pdu(
+        data_out(1, NO_TAG, 0, 4096, &data[4096..8192], false),
+        &dir,
+        now,
+    );
     assert!(a.is_empty());
     let a = s.on_pdu(data_out(1, NO_TAG, 1, 8192, &data[8192..], true), &dir, now);
     let ex = executes(&a);
@@ -209,9 +248,22 @@ fn write_beyond_first_burst_gets_r2t_for_the_rest() {
     };
     let (mut s, dir, now) = session_with(p);
     let data = pattern(40000, 9);
-    let cmd = scsi_cmd(1, 10, false, true, 40000, &write10(0, 79), &data[..4096], false);
+    let cmd = scsi_cmd(
+        1,
+        10,
+        false,
+        true,
+        40000,
+        &write10(0, 79),
+        &data[..4096],
+        false,
+    );
     assert!(s.on_pdu(cmd, &dir, now).is_empty());
-    let a = s.on_pdu(data_out(1, NO_TAG, 0, 4096, &data[4096..16384], true), &dir, now);
+    let a = s.on_pdu(
+        data_out(1, NO_TAG, 0, 4096, &data[4096..16384], true),
+        &dir,
+        now,
+    );
     let r2ts = owned(&a);
     assert_eq!(r2ts.len(), 1);
     assert_eq!(r2ts[0].opcode(), Some(Opcode::R2t));
@@ -233,13 +285,26 @@ fn unsolicited_burst_ended_early_by_the_command_final_bit() {
     };
     let (mut s, dir, now) = session_with(p);
     let data = pattern(8192, 10);
-    let cmd = scsi_cmd(1, 10, false, true, 8192, &write10(0, 16), &data[..1024], true);
+    let cmd = scsi_cmd(
+        1,
+        10,
+        false,
+        true,
+        8192,
+        &write10(0, 16),
+        &data[..1024],
+        true,
+    );
     let pdus = owned(&s.on_pdu(cmd, &dir, now));
     assert_eq!(pdus.len(), 1, "an R2T for the rest");
     assert_eq!(pdus[0].opcode(), Some(Opcode::R2t));
     assert_eq!(pdus[0].get32(40), 1024);
     assert_eq!(pdus[0].get32(44), 8192 - 1024);
-    let a = s.on_pdu(data_out(1, pdus[0].ttt(), 0, 1024, &data[1024..], true), &dir, now);
+    let a = s.on_pdu(
+        data_out(1, pdus[0].ttt(), 0, 1024, &data[1024..], true),
+        &dir,
+        now,
+    );
     assert_eq!(&executes(&a)[0].data_out[..], &data[..]);
 }
 
@@ -276,7 +341,14 @@ fn write_with_r2ts_respects_max_burst_and_outstanding() {
             let n = (off + len - o).min(4096);
             let fin = o + n == off + len;
             let a = s.on_pdu(
-                data_out(7, r2t.ttt(), dsn, o, &data[o as usize..(o + n) as usize], fin),
+                data_out(
+                    7,
+                    r2t.ttt(),
+                    dsn,
+                    o,
+                    &data[o as usize..(o + n) as usize],
+                    fin,
+                ),
                 &dir,
                 now,
             );
@@ -291,7 +363,15 @@ fn write_with_r2ts_respects_max_burst_and_outstanding() {
             dsn += 1;
         }
     }
-    assert_eq!(seen, vec![(0, 0, 8192), (1, 8192, 8192), (2, 16384, 8192), (3, 24576, 1024)]);
+    assert_eq!(
+        seen,
+        vec![
+            (0, 0, 8192),
+            (1, 8192, 8192),
+            (2, 16384, 8192),
+            (3, 24576, 1024)
+        ]
+    );
     assert_eq!(&executed.expect("executed")[..], &data[..]);
 }
 
@@ -300,7 +380,11 @@ fn data_out_with_unknown_ttt_or_bad_offset_is_rejected() {
     let (mut s, dir, now) = session_with(params());
     let cmd = scsi_cmd(1, 10, false, true, 8192, &write10(0, 16), &[], true);
     let r2t = owned(&s.on_pdu(cmd, &dir, now)).remove(0);
-    let a = owned(&s.on_pdu(data_out(1, r2t.ttt() ^ 0x55, 0, 0, &[0; 512], false), &dir, now));
+    let a = owned(&s.on_pdu(
+        data_out(1, r2t.ttt() ^ 0x55, 0, 0, &[0; 512], false),
+        &dir,
+        now,
+    ));
     assert_eq!(a[0].opcode(), Some(Opcode::Reject));
     assert_eq!(a[0].bhs[2], reject::INVALID_PDU_FIELD);
     let a = owned(&s.on_pdu(data_out(1, r2t.ttt(), 0, 512, &[0; 512], false), &dir, now));
@@ -337,7 +421,9 @@ fn cmd_sn_window() {
     assert_eq!(max, 10 + iscsi::session::QUEUE_DEPTH - 1);
     // Below the window and beyond MaxCmdSN: dropped without a word.
     assert!(s.on_pdu(read_cmd(1, 9, 512), &dir, now).is_empty());
-    assert!(s.on_pdu(read_cmd(2, max.wrapping_add(1), 512), &dir, now).is_empty());
+    assert!(s
+        .on_pdu(read_cmd(2, max.wrapping_add(1), 512), &dir, now)
+        .is_empty());
     assert_eq!(s.outstanding(), 0);
     // A gap: 11 and 12 are held until 10 arrives, then run in order.
     assert!(s.on_pdu(read_cmd(12, 12, 512), &dir, now).is_empty());
@@ -397,7 +483,9 @@ fn nop_out_is_echoed() {
     assert_eq!(p.stat_sn(), 100);
     assert_eq!(p.exp_cmd_sn(), 11);
     // A NOP-Out that wants no answer gets none.
-    assert!(s.on_pdu(nop_out(NO_TAG, NO_TAG, 0, true, &[]), &dir, now).is_empty());
+    assert!(s
+        .on_pdu(nop_out(NO_TAG, NO_TAG, 0, true, &[]), &dir, now)
+        .is_empty());
 }
 
 #[test]
@@ -425,7 +513,9 @@ fn answered_ping_keeps_the_connection() {
     let t1 = t0 + NOP_INTERVAL;
     let ping = owned(&s.tick(t1)).remove(0);
     let t2 = t1 + Duration::from_secs(1);
-    assert!(s.on_pdu(nop_out(NO_TAG, ping.ttt(), 10, true, &[]), &dir, t2).is_empty());
+    assert!(s
+        .on_pdu(nop_out(NO_TAG, ping.ttt(), 10, true, &[]), &dir, t2)
+        .is_empty());
     assert!(!closes(&s.tick(t1 + NOP_TIMEOUT + Duration::from_secs(1))));
     // Traffic resets the idle clock.
     assert!(s.tick(t2 + NOP_INTERVAL / 2).is_empty());
@@ -453,7 +543,12 @@ fn logout_closes() {
 fn abort_task() {
     let (mut s, dir, now) = session_with(params());
     // A write waiting for its R2T data.
-    let r2t = owned(&s.on_pdu(scsi_cmd(1, 10, false, true, 4096, &write10(0, 8), &[], true), &dir, now)).remove(0);
+    let r2t = owned(&s.on_pdu(
+        scsi_cmd(1, 10, false, true, 4096, &write10(0, 8), &[], true),
+        &dir,
+        now,
+    ))
+    .remove(0);
     let a = owned(&s.on_pdu(tmf_req(50, 11, 1, 0, 1, 10), &dir, now));
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].opcode(), Some(Opcode::TaskMgmtResponse));
@@ -475,6 +570,12 @@ fn abort_task() {
     let a = owned(&s.on_pdu(tmf_req(52, 13, 1, 5, 3, 20), &dir, now));
     assert_eq!(a[0].bhs[2], tmf_response::NO_TASK);
     assert_eq!(s.outstanding(), 1);
+    // A task long finished (RefCmdSN below the window): does not exist.
+    let a = owned(&s.on_pdu(tmf_req(53, 13, 1, 0, 1, 10), &dir, now));
+    assert_eq!(a[0].bhs[2], tmf_response::NO_TASK);
+    // A task that may not have arrived yet (ExpCmdSN <= RefCmdSN < CmdSN): complete.
+    let a = owned(&s.on_pdu(tmf_req(54, 15, 1, 0, 9, 13), &dir, now));
+    assert_eq!(a[0].bhs[2], tmf_response::COMPLETE);
 }
 
 #[test]
@@ -490,7 +591,10 @@ fn lun_reset_goes_to_the_driver() {
             ..
         }]
     ));
-    assert!(s.complete(1, good(vec![0; 512])).is_empty(), "reset aborted the read");
+    assert!(
+        s.complete(1, good(vec![0; 512])).is_empty(),
+        "reset aborted the read"
+    );
     let done = owned(&s.tmf_done(60, Tmf::LogicalUnitReset, tmf_response::COMPLETE));
     assert_eq!(done[0].opcode(), Some(Opcode::TaskMgmtResponse));
     assert_eq!(done[0].bhs[2], 0);
@@ -513,7 +617,11 @@ fn discovery_session(mrdsl: u32) -> (Session, TestDir, Instant) {
 fn send_targets_long_answer_is_continued() {
     let (mut s, dir, now) = discovery_session(512);
     let mut sn = 10;
-    let mut a = owned(&s.on_pdu(text_req(1, NO_TAG, sn, false, &kv(&[("SendTargets", "All")])), &dir, now));
+    let mut a = owned(&s.on_pdu(
+        text_req(1, NO_TAG, sn, false, &kv(&[("SendTargets", "All")])),
+        &dir,
+        now,
+    ));
     let mut all = Vec::new();
     let mut rounds = 0;
     loop {
@@ -529,24 +637,39 @@ fn send_targets_long_answer_is_continued() {
             assert_eq!(p.flags() & flags::TEXT_CONTINUE, 0);
             break;
         }
-        assert_ne!(p.flags() & flags::TEXT_CONTINUE, 0, "C bit on a partial answer");
+        assert_ne!(
+            p.flags() & flags::TEXT_CONTINUE,
+            0,
+            "C bit on a partial answer"
+        );
         assert_ne!(p.ttt(), NO_TAG);
         sn += 1;
         a = owned(&s.on_pdu(text_req(1, p.ttt(), sn, false, &[]), &dir, now));
     }
     assert!(rounds > 2);
     let pairs = iscsi::text::parse(&all).unwrap();
-    let names: Vec<&String> = pairs.iter().filter(|(k, _)| k == "TargetName").map(|(_, v)| v).collect();
+    let names: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "TargetName")
+        .map(|(_, v)| v)
+        .collect();
     assert_eq!(names.len(), 30);
     assert_eq!(names[29], "iqn.2024-01.dev.haven:volume-029");
-    assert_eq!(pairs.iter().filter(|(k, _)| k == "TargetAddress").count(), 30);
+    assert_eq!(
+        pairs.iter().filter(|(k, _)| k == "TargetAddress").count(),
+        30
+    );
 }
 
 #[test]
 fn send_targets_in_a_normal_session_reports_only_its_target() {
     let (mut s, _, now) = session_with(params());
     let dir = TestDir::standard().serve("iqn.2024-01.dev.haven:other", None);
-    let a = owned(&s.on_pdu(text_req(1, NO_TAG, 10, false, &kv(&[("SendTargets", "All")])), &dir, now));
+    let a = owned(&s.on_pdu(
+        text_req(1, NO_TAG, 10, false, &kv(&[("SendTargets", "All")])),
+        &dir,
+        now,
+    ));
     let pairs = pairs_of(&a[0]);
     assert_eq!(get(&pairs, "TargetName").as_deref(), Some(TARGET));
     assert_eq!(pairs.iter().filter(|(k, _)| k == "TargetName").count(), 1);
@@ -565,14 +688,24 @@ fn text_request_spanning_several_pdus() {
     let out = owned(&s.on_pdu(text_req(1, ack.ttt(), 11, false, b), &dir, now)).remove(0);
     assert_eq!(out.opcode(), Some(Opcode::TextResponse), "got {out:?}");
     let pairs = pairs_of(&out);
-    assert_eq!(get(&pairs, "TargetName").as_deref(), Some("iqn.2024-01.dev.haven:volume-007"));
+    assert_eq!(
+        get(&pairs, "TargetName").as_deref(),
+        Some("iqn.2024-01.dev.haven:volume-007")
+    );
 }
 
 #[test]
 fn unknown_text_keys_are_not_understood() {
     let (mut s, dir, now) = discovery_session(8192);
-    let a = owned(&s.on_pdu(text_req(1, NO_TAG, 10, false, &kv(&[("X-Thing", "1")])), &dir, now));
-    assert_eq!(get(&pairs_of(&a[0]), "X-Thing").as_deref(), Some("NotUnderstood"));
+    let a = owned(&s.on_pdu(
+        text_req(1, NO_TAG, 10, false, &kv(&[("X-Thing", "1")])),
+        &dir,
+        now,
+    ));
+    assert_eq!(
+        get(&pairs_of(&a[0]), "X-Thing").as_deref(),
+        Some("NotUnderstood")
+    );
 }
 
 #[test]
@@ -602,7 +735,12 @@ fn unknown_opcode_is_rejected() {
 #[test]
 fn data_digest_error_on_data_out() {
     let (mut s, dir, now) = session_with(params());
-    let r2t = owned(&s.on_pdu(scsi_cmd(4, 10, false, true, 1024, &write10(0, 2), &[], true), &dir, now)).remove(0);
+    let r2t = owned(&s.on_pdu(
+        scsi_cmd(4, 10, false, true, 1024, &write10(0, 2), &[], true),
+        &dir,
+        now,
+    ))
+    .remove(0);
     let bad = data_out(4, r2t.ttt(), 0, 0, &[7; 1024], true);
     let a = owned(&s.on_data_digest_error(&bad));
     assert_eq!(a[0].opcode(), Some(Opcode::Reject));

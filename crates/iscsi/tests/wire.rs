@@ -29,7 +29,11 @@ fn check_frame(frame: &[u8]) {
     }
     assert_eq!(frame.len(), data_at + padded + 4, "frame length");
     let dd = u32::from_le_bytes(frame[data_at + padded..].try_into().unwrap());
-    assert_eq!(dd, digest::crc32c(&frame[data_at..data_at + padded]), "data digest");
+    assert_eq!(
+        dd,
+        digest::crc32c(&frame[data_at..data_at + padded]),
+        "data digest"
+    );
 }
 
 #[test]
@@ -74,7 +78,9 @@ fn login_write_read_with_digests() {
         check_frame(f);
     }
     // Some Data-In and Data-Out crossed with data digests.
-    assert!(ffp_i.iter().any(|f| f[0] & 0x3f == Opcode::DataIn as u8 && f[5..8] != [0, 0, 0]));
+    assert!(ffp_i
+        .iter()
+        .any(|f| f[0] & 0x3f == Opcode::DataIn as u8 && f[5..8] != [0, 0, 0]));
     assert!(ffp_t.iter().any(|f| f[0] & 0x3f == Opcode::DataOut as u8));
     // Data-In honoured the initiator's 1024-byte MaxRecvDataSegmentLength.
     for f in ffp_i {
@@ -96,7 +102,16 @@ fn flipped_data_byte_is_rejected_with_data_digest_error() {
     let sn = pair.cmd_sn;
     pair.cmd_sn += 1;
     let imm = pattern(2 * BLOCK, 9);
-    let cmd = scsi_cmd(5, sn, false, true, imm.len() as u32, &write10(0, 2), &imm, true);
+    let cmd = scsi_cmd(
+        5,
+        sn,
+        false,
+        true,
+        imm.len() as u32,
+        &write10(0, 2),
+        &imm,
+        true,
+    );
     let bhs = cmd.bhs;
     let mut bytes = pair.i_codec.encode(cmd).to_vec();
     // Flip one byte inside the data segment (after BHS + header digest).
@@ -104,13 +119,26 @@ fn flipped_data_byte_is_rejected_with_data_digest_error() {
     pair.send_bytes(&bytes);
     pair.pump();
     let got = pair.recv();
-    let rej = got.iter().find(|p| p.opcode() == Some(Opcode::Reject)).expect("a Reject");
+    let rej = got
+        .iter()
+        .find(|p| p.opcode() == Some(Opcode::Reject))
+        .expect("a Reject");
     assert_eq!(rej.bhs[2], reject::DATA_DIGEST_ERROR);
-    assert_eq!(&rej.data[..], &bhs[..], "the Reject carries the rejected header");
-    assert!(pair.executed.is_empty(), "the corrupt write never reached the disk");
+    assert_eq!(
+        &rej.data[..],
+        &bhs[..],
+        "the Reject carries the rejected header"
+    );
+    assert!(
+        pair.executed.is_empty(),
+        "the corrupt write never reached the disk"
+    );
     assert!(pair.disk.iter().all(|&b| b == 0));
     // The command is finished with CHECK CONDITION so the initiator retries it.
-    let resp = got.iter().find(|p| p.opcode() == Some(Opcode::ScsiResponse)).expect("a response");
+    let resp = got
+        .iter()
+        .find(|p| p.opcode() == Some(Opcode::ScsiResponse))
+        .expect("a response");
     assert_eq!(resp.itt(), 5);
     assert_eq!(resp.bhs[3], 2);
     assert!(!pair.closed());

@@ -2,7 +2,10 @@
 //! the real [`Codec`] on both sides: every PDU crosses as bytes, so header and data
 //! digests are exercised exactly as they would be on a socket.
 
-use super::{data_out, get, kv, login_raw, login_status, pairs_of, read10, scsi_cmd, write10, TestDir, INITIATOR, NO_TAG};
+use super::{
+    data_out, get, kv, login_raw, login_status, pairs_of, read10, scsi_cmd, write10, TestDir,
+    INITIATOR, NO_TAG,
+};
 use bytes::{Bytes, BytesMut};
 use iscsi::chap;
 use iscsi::keys::TargetLimits;
@@ -238,7 +241,11 @@ impl Pair {
     /// Decode everything the target sent, with the initiator's codec.
     pub fn recv(&mut self) -> Vec<Pdu> {
         let mut out = Vec::new();
-        while let Some(p) = self.i_codec.decode(&mut self.to_initiator).expect("initiator could not frame a PDU") {
+        while let Some(p) = self
+            .i_codec
+            .decode(&mut self.to_initiator)
+            .expect("initiator could not frame a PDU")
+        {
             if p.opcode() != Some(Opcode::DataIn) || p.flags() & flags::STATUS != 0 {
                 // Every PDU that carries a StatSN the initiator must acknowledge.
                 if p.opcode() != Some(Opcode::R2t) {
@@ -263,7 +270,12 @@ impl Pair {
         assert_eq!(got.len(), 1, "one Login Response per request");
         let resp = got.remove(0);
         assert_eq!(resp.opcode(), Some(Opcode::LoginResponse));
-        assert_eq!(login_status(&resp), 0, "login refused: {:?}", pairs_of(&resp));
+        assert_eq!(
+            login_status(&resp),
+            0,
+            "login refused: {:?}",
+            pairs_of(&resp)
+        );
         resp
     }
 
@@ -281,7 +293,11 @@ impl Pair {
         let pairs = pairs_of(&resp);
         assert_eq!(get(&pairs, "AuthMethod").as_deref(), Some(auth));
         if let Some((user, secret)) = &offer.chap {
-            assert_eq!(resp.flags() & flags::TRANSIT, 0, "no transit before CHAP is done");
+            assert_eq!(
+                resp.flags() & flags::TRANSIT,
+                0,
+                "no transit before CHAP is done"
+            );
             let resp = self.login_step(0, 1, false, &[("CHAP_A", "5")]);
             let pairs = pairs_of(&resp);
             let id: u8 = get(&pairs, "CHAP_I").unwrap().parse().unwrap();
@@ -307,7 +323,11 @@ impl Pair {
             ("FirstBurstLength", fb.as_str()),
         ];
         let resp = self.login_step(1, 3, true, &op);
-        assert_eq!(resp.flags() & 0x83, 0x83, "final response transits to full feature phase");
+        assert_eq!(
+            resp.flags() & 0x83,
+            0x83,
+            "final response transits to full feature phase"
+        );
         assert_ne!(resp.get16(14), 0, "TSIH assigned");
         let pairs = pairs_of(&resp);
         let on = get(&pairs, "HeaderDigest").as_deref() == Some("CRC32C");
@@ -316,7 +336,9 @@ impl Pair {
         if let Some(v) = get(&pairs, "MaxRecvDataSegmentLength") {
             self.target_max_recv = v.parse().unwrap();
         }
-        self.outcome.clone().expect("target reached full feature phase")
+        self.outcome
+            .clone()
+            .expect("target reached full feature phase")
     }
 
     fn next_cmd_sn(&mut self) -> u32 {
@@ -342,7 +364,16 @@ impl Pair {
         };
         let cdb = write10(lba, (data.len() / BLOCK) as u16);
         let sn = self.next_cmd_sn();
-        let cmd = scsi_cmd(itt, sn, false, true, data.len() as u32, &cdb, &data[..imm], unsolicited == 0);
+        let cmd = scsi_cmd(
+            itt,
+            sn,
+            false,
+            true,
+            data.len() as u32,
+            &cdb,
+            &data[..imm],
+            unsolicited == 0,
+        );
         self.send(cmd);
         // Unsolicited Data-Out, F on the last one of the burst.
         let mut off = imm;
@@ -350,7 +381,14 @@ impl Pair {
         while off < imm + unsolicited {
             let n = (imm + unsolicited - off).min(seg);
             let fin = off + n == imm + unsolicited;
-            self.send(data_out(itt, NO_TAG, dsn, off as u32, &data[off..off + n], fin));
+            self.send(data_out(
+                itt,
+                NO_TAG,
+                dsn,
+                off as u32,
+                &data[off..off + n],
+                fin,
+            ));
             off += n;
             dsn += 1;
         }
@@ -391,7 +429,16 @@ impl Pair {
         let itt = self.itt();
         let len = blocks as usize * BLOCK;
         let sn = self.next_cmd_sn();
-        let got = self.exchange(scsi_cmd(itt, sn, true, false, len as u32, &read10(lba, blocks), &[], true));
+        let got = self.exchange(scsi_cmd(
+            itt,
+            sn,
+            true,
+            false,
+            len as u32,
+            &read10(lba, blocks),
+            &[],
+            true,
+        ));
         let mut data = Vec::new();
         let mut dsn = 0;
         for p in got {

@@ -59,7 +59,11 @@ impl TestDir {
     }
 
     pub fn acl(mut self, name: &str, allowed: &[&str]) -> Self {
-        let e = self.entries.iter_mut().find(|e| e.name == name).expect("no such entry");
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| e.name == name)
+            .expect("no such entry");
         e.acl = Some(allowed.iter().map(|s| s.to_string()).collect());
         self
     }
@@ -100,8 +104,14 @@ impl Directory for TestDir {
         self.entries
             .iter()
             .filter(|e| matches!(e.kind, Kind::Serve(_)))
-            .filter(|e| e.acl.as_ref().map_or(true, |a| a.iter().any(|x| x == initiator)))
-            .filter(|e| only.map_or(true, |o| o == e.name))
+            .filter(|e| match &e.acl {
+                None => true,
+                Some(a) => a.iter().any(|x| x == initiator),
+            })
+            .filter(|e| match only {
+                None => true,
+                Some(o) => o == e.name,
+            })
             .map(|e| TargetRecord {
                 name: e.name.clone(),
                 addresses: e.addresses.clone(),
@@ -116,7 +126,10 @@ impl Directory for TestDir {
 
 /// Text bytes of `key=value` pairs.
 pub fn kv(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let owned: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let owned: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     text::encode(&owned)
 }
 
@@ -161,7 +174,16 @@ pub fn get(pairs: &[(String, String)], key: &str) -> Option<String> {
 
 /// A SCSI Command PDU.
 #[allow(clippy::too_many_arguments)]
-pub fn scsi_cmd(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, cdb: &[u8], imm: &[u8], fin: bool) -> Pdu {
+pub fn scsi_cmd(
+    itt: u32,
+    cmd_sn: u32,
+    read: bool,
+    write: bool,
+    edtl: u32,
+    cdb: &[u8],
+    imm: &[u8],
+    fin: bool,
+) -> Pdu {
     let mut p = Pdu::new(Opcode::ScsiCommand);
     let mut f = 0;
     if fin {
@@ -230,7 +252,11 @@ pub fn nop_out(itt: u32, ttt: u32, cmd_sn: u32, immediate: bool, data: &[u8]) ->
 /// A Text Request PDU.
 pub fn text_req(itt: u32, ttt: u32, cmd_sn: u32, cont: bool, data: &[u8]) -> Pdu {
     let mut p = Pdu::new(Opcode::TextRequest);
-    p.set_flags(if cont { flags::TEXT_CONTINUE } else { flags::FINAL });
+    p.set_flags(if cont {
+        flags::TEXT_CONTINUE
+    } else {
+        flags::FINAL
+    });
     p.set_itt(itt);
     p.put32(20, ttt);
     p.put32(24, cmd_sn);
@@ -250,7 +276,14 @@ pub fn logout_req(itt: u32, cmd_sn: u32, reason: u8) -> Pdu {
 }
 
 /// A Task Management Function Request PDU.
-pub fn tmf_req(itt: u32, cmd_sn: u32, function: u8, lun: u64, ref_itt: u32, ref_cmd_sn: u32) -> Pdu {
+pub fn tmf_req(
+    itt: u32,
+    cmd_sn: u32,
+    function: u8,
+    lun: u64,
+    ref_itt: u32,
+    ref_cmd_sn: u32,
+) -> Pdu {
     let mut p = Pdu::new(Opcode::TaskMgmtRequest);
     p.set_immediate(true);
     p.set_flags(flags::FINAL | function);
@@ -302,7 +335,13 @@ pub fn closes(actions: &[Action]) -> bool {
 
 /// A byte pattern that makes misplaced data visible.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 8) as u8)).collect()
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed ^ (i >> 8) as u8)
+        })
+        .collect()
 }
 
 pub const NO_TAG: u32 = RESERVED_TAG;
