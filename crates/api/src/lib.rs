@@ -14,6 +14,11 @@
 //! | POST | `/v1/volumes/{name}/resize` | [`Resize`] → [`VolumeView`] |
 //! | PUT | `/v1/volumes/{name}/acl` | [`SetAcl`] → [`VolumeView`] |
 //! | PUT | `/v1/volumes/{name}/chap` | [`SetChap`] → [`VolumeView`] |
+//! | GET | `/v1/volumes/{name}/snapshots` | → `[SnapshotView]` |
+//! | POST | `/v1/volumes/{name}/snapshots` | [`CreateSnapshot`] → [`SnapshotView`] |
+//! | GET, DELETE | `/v1/volumes/{name}/snapshots/{snap}` | → [`SnapshotView`] / `{}` |
+//! | POST | `/v1/volumes/{name}/restore` | [`Restore`] → [`VolumeView`] |
+//! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → [`VolumeView`] |
 //!
 //! Errors answer with a non-2xx status and an [`ErrorBody`].
 

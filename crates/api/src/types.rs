@@ -125,3 +125,45 @@ pub struct GroupStatus {
     pub members: Vec<MemberView>,
     pub volumes: usize,
 }
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub name: String,
+    pub volume: String,
+    /// The IQN of the snapshot's read-only target.
+    pub iqn: String,
+    pub size: u64,
+    pub created: u64,
+}
+
+impl SnapshotView {
+    pub fn from_snapshot(s: &control::Snapshot) -> Self {
+        SnapshotView {
+            name: s.name.clone(),
+            volume: s.volume.clone(),
+            iqn: s.iqn(),
+            size: s.size,
+            created: s.created,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSnapshot {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restore {
+    pub snapshot: String,
+    /// Restore even while initiators are logged in (they see the data change under them).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloneVolume {
+    pub snapshot: String,
+    pub name: String,
+}

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use error::{ControlError, ErrorKind};
-pub use state::{Chap, ClusterState, Command, Member, Outcome, RefusalKind, Volume};
+pub use state::{
+    Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, Snapshot, Volume,
+};
 
 use log_store::LogStore;
 use network::{http_client, post_json, HttpClient, NetworkFactory, PostError};

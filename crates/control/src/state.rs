@@ -60,7 +60,46 @@ pub struct Volume {
     pub chap: Option<Chap>,
     /// Unix seconds at creation.
     pub created: u64,
+    /// A clone's origin: the snapshot its unchanged extents are shared with.
+    #[serde(default)]
+    pub parent: Option<ParentRef>,
+    /// Bumped by every restore; members roll the volume back once per generation.
+    #[serde(default)]
+    pub restore_generation: u64,
+    /// The snapshot the latest restore rolled back to.
+    #[serde(default)]
+    pub restored_from: Option<u64>,
 }
+
+/// Where a clone came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub volume_id: u64,
+    pub snapshot_id: u64,
+}
+
+/// A point-in-time, read-only image of a volume, served as its own iSCSI target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub volume: String,
+    pub volume_id: u64,
+    pub id: u64,
+    /// The volume's size when the snapshot was taken.
+    pub size: u64,
+    pub block_size: u32,
+    pub created: u64,
+}
+
+impl Snapshot {
+    /// The IQN of the snapshot's read-only target.
+    pub fn iqn(&self) -> String {
+        format!("{IQN_PREFIX}:{}:snap:{}", self.volume, self.name)
+    }
+}
+
+/// Snapshots a volume may keep.
+pub const MAX_SNAPSHOTS_PER_VOLUME: usize = 512;
 
 impl Volume {
     /// The iSCSI qualified name of the volume's target.
@@ -76,6 +115,12 @@ pub struct ClusterState {
     pub volumes: BTreeMap<String, Volume>,
     /// Next volume id to hand out.
     pub next_volume_id: u64,
+    /// Snapshots by volume name, then snapshot name.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, BTreeMap<String, Snapshot>>,
+    /// Last snapshot id handed out.
+    #[serde(default)]
+    pub next_snapshot_id: u64,
 }
 
 /// A change to the cluster state. Every change goes through Raft.
@@ -109,6 +154,27 @@ pub enum Command {
         name: String,
         chap: Option<Chap>,
     },
+    CreateSnapshot {
+        volume: String,
+        name: String,
+        created: u64,
+    },
+    DeleteSnapshot {
+        volume: String,
+        name: String,
+    },
+    /// Roll a volume back to one of its snapshots.
+    RestoreVolume {
+        volume: String,
+        snapshot: String,
+    },
+    /// A new writable volume sharing a snapshot's extents.
+    CloneVolume {
+        volume: String,
+        snapshot: String,
+        name: String,
+        created: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -117,6 +183,7 @@ pub enum Command {
 pub enum Outcome {
     Ok,
     Volume(Volume),
+    Snapshot(Snapshot),
     /// The command was valid Raft input but the state refused it.
     Refused {
         kind: RefusalKind,
@@ -213,12 +280,18 @@ impl ClusterState {
                     allow,
                     chap,
                     created,
+                    parent: None,
+                    restore_generation: 0,
+                    restored_from: None,
                 };
                 self.volumes.insert(name, vol.clone());
                 Outcome::Volume(vol)
             }
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {
-                Some(_) => Outcome::Ok,
+                Some(_) => {
+                    self.snapshots.remove(&name);
+                    Outcome::Ok
+                }
                 None => refuse(RefusalKind::NotFound, format!("no volume named {name}")),
             },
             Command::ResizeVolume { name, size } => {
@@ -259,6 +332,135 @@ impl ClusterState {
                 };
                 vol.chap = chap;
                 Outcome::Volume(vol.clone())
+            }
+            Command::CreateSnapshot {
+                volume,
+                name,
+                created,
+            } => {
+                let Some(vol) = self.volumes.get(&volume) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
+                };
+                if !valid_name(&name) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "invalid snapshot name {name:?}: use a-z, 0-9, '-', '.' (at most 64)"
+                        ),
+                    );
+                }
+                let snaps = self.snapshots.entry(volume.clone()).or_default();
+                if snaps.contains_key(&name) {
+                    return refuse(
+                        RefusalKind::AlreadyExists,
+                        format!("snapshot {volume}@{name} already exists"),
+                    );
+                }
+                if snaps.len() >= MAX_SNAPSHOTS_PER_VOLUME {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("volume {volume} already has {MAX_SNAPSHOTS_PER_VOLUME} snapshots; delete one first"),
+                    );
+                }
+                self.next_snapshot_id += 1;
+                let snap = Snapshot {
+                    name: name.clone(),
+                    volume: volume.clone(),
+                    volume_id: vol.id,
+                    id: self.next_snapshot_id,
+                    size: vol.size,
+                    block_size: vol.block_size,
+                    created,
+                };
+                snaps.insert(name, snap.clone());
+                Outcome::Snapshot(snap)
+            }
+            Command::DeleteSnapshot { volume, name } => {
+                match self
+                    .snapshots
+                    .get_mut(&volume)
+                    .and_then(|s| s.remove(&name))
+                {
+                    Some(_) => Outcome::Ok,
+                    None => refuse(
+                        RefusalKind::NotFound,
+                        format!("no snapshot {volume}@{name}"),
+                    ),
+                }
+            }
+            Command::RestoreVolume { volume, snapshot } => {
+                let Some(snap) = self
+                    .snapshots
+                    .get(&volume)
+                    .and_then(|s| s.get(&snapshot))
+                    .cloned()
+                else {
+                    return refuse(
+                        RefusalKind::NotFound,
+                        format!("no snapshot {volume}@{snapshot}"),
+                    );
+                };
+                let Some(vol) = self.volumes.get_mut(&volume) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
+                };
+                vol.restore_generation += 1;
+                vol.restored_from = Some(snap.id);
+                // A restore brings back the snapshot's size too.
+                vol.size = snap.size;
+                Outcome::Volume(vol.clone())
+            }
+            Command::CloneVolume {
+                volume,
+                snapshot,
+                name,
+                created,
+            } => {
+                let Some(snap) = self
+                    .snapshots
+                    .get(&volume)
+                    .and_then(|s| s.get(&snapshot))
+                    .cloned()
+                else {
+                    return refuse(
+                        RefusalKind::NotFound,
+                        format!("no snapshot {volume}@{snapshot}"),
+                    );
+                };
+                if !valid_name(&name) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "invalid volume name {name:?}: use a-z, 0-9, '-', '.' (at most 64)"
+                        ),
+                    );
+                }
+                if self.volumes.contains_key(&name) {
+                    return refuse(
+                        RefusalKind::AlreadyExists,
+                        format!("volume {name} already exists"),
+                    );
+                }
+                let src = self.volumes.get(&volume).cloned();
+                self.next_volume_id += 1;
+                let vol = Volume {
+                    name: name.clone(),
+                    id: self.next_volume_id,
+                    size: snap.size,
+                    block_size: snap.block_size,
+                    replicas: src.as_ref().map(|v| v.replicas).unwrap_or(1),
+                    thick: false,
+                    allow: src.as_ref().map(|v| v.allow.clone()).unwrap_or_default(),
+                    chap: src.and_then(|v| v.chap),
+                    created,
+                    parent: Some(ParentRef {
+                        volume_id: snap.volume_id,
+                        snapshot_id: snap.id,
+                    }),
+                    restore_generation: 0,
+                    restored_from: None,
+                };
+                self.volumes.insert(name, vol.clone());
+                Outcome::Volume(vol)
             }
         }
     }
@@ -312,6 +514,98 @@ mod tests {
             ));
         }
         assert!(s.volumes.is_empty());
+    }
+
+    #[test]
+    fn snapshots_clones_and_restores() {
+        let mut s = ClusterState::default();
+        s.apply(create("vol1", 1 << 20));
+        let snap = |v: &str, n: &str| Command::CreateSnapshot {
+            volume: v.into(),
+            name: n.into(),
+            created: 0,
+        };
+        let Outcome::Snapshot(a) = s.apply(snap("vol1", "a")) else {
+            panic!()
+        };
+        assert_eq!(a.iqn(), "iqn.2026-11.org.haven:vol1:snap:a");
+        assert!(matches!(
+            s.apply(snap("vol1", "a")),
+            Outcome::Refused {
+                kind: RefusalKind::AlreadyExists,
+                ..
+            }
+        ));
+        assert!(matches!(
+            s.apply(snap("nope", "a")),
+            Outcome::Refused {
+                kind: RefusalKind::NotFound,
+                ..
+            }
+        ));
+        let clone = Command::CloneVolume {
+            volume: "vol1".into(),
+            snapshot: "a".into(),
+            name: "c1".into(),
+            created: 0,
+        };
+        let Outcome::Volume(c) = s.apply(clone) else {
+            panic!()
+        };
+        assert_eq!(
+            c.parent,
+            Some(ParentRef {
+                volume_id: 1,
+                snapshot_id: a.id
+            })
+        );
+        let restore = Command::RestoreVolume {
+            volume: "vol1".into(),
+            snapshot: "a".into(),
+        };
+        let Outcome::Volume(v) = s.apply(restore) else {
+            panic!()
+        };
+        assert_eq!((v.restore_generation, v.restored_from), (1, Some(a.id)));
+        assert_eq!(
+            s.apply(Command::DeleteSnapshot {
+                volume: "vol1".into(),
+                name: "a".into()
+            }),
+            Outcome::Ok
+        );
+        assert!(s.snapshots["vol1"].is_empty());
+        s.apply(snap("vol1", "b"));
+        s.apply(Command::DeleteVolume {
+            name: "vol1".into(),
+        });
+        assert!(!s.snapshots.contains_key("vol1"));
+    }
+
+    #[test]
+    fn at_most_512_snapshots_per_volume() {
+        let mut s = ClusterState::default();
+        s.apply(create("v", 1 << 20));
+        for i in 0..MAX_SNAPSHOTS_PER_VOLUME {
+            let o = s.apply(Command::CreateSnapshot {
+                volume: "v".into(),
+                name: format!("s{i}"),
+                created: 0,
+            });
+            assert!(matches!(o, Outcome::Snapshot(_)));
+        }
+        let o = s.apply(Command::CreateSnapshot {
+            volume: "v".into(),
+            name: "one-more".into(),
+            created: 0,
+        });
+        assert!(matches!(
+            o,
+            Outcome::Refused {
+                kind: RefusalKind::Invalid,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -9,7 +9,13 @@ use std::process::Command;
 use support::*;
 
 /// Skip reasons that mean haven lacks something the suite tests.
-const MISSING: [&str; 5] = ["not implemented", "fully provision", "not working", "not support", "is not supported"];
+const MISSING: [&str; 5] = [
+    "not implemented",
+    "fully provision",
+    "not working",
+    "not support",
+    "is not supported",
+];
 
 struct Summary {
     ran: u32,
@@ -19,21 +25,39 @@ struct Summary {
 }
 
 fn run_suite(args: &[&str]) -> (Summary, String) {
-    let o = Command::new("iscsi-test-cu").args(args).output().expect("iscsi-test-cu (run scripts/setup)");
+    let o = Command::new("iscsi-test-cu")
+        .args(args)
+        .output()
+        .expect("iscsi-test-cu (run scripts/setup)");
     let out = format!("{}{}", stdout(&o), stderr(&o));
     // CUnit's run summary: "tests  <total> <ran> <passed> <failed> <inactive>".
     let line = out
         .lines()
         .find(|l| l.trim_start().starts_with("tests"))
         .unwrap_or_else(|| panic!("no CUnit summary in: {out}"));
-    let n: Vec<u32> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    let skipped: Vec<String> = out.lines().filter(|l| l.contains("[SKIPPED]")).map(|l| l.trim().to_string()).collect();
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let skipped: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("[SKIPPED]"))
+        .map(|l| l.trim().to_string())
+        .collect();
     let missing = skipped
         .iter()
         .filter(|l| MISSING.iter().any(|m| l.to_lowercase().contains(m)))
         .cloned()
         .collect();
-    (Summary { ran: n[1], failed: n[3], missing, skipped }, out)
+    (
+        Summary {
+            ran: n[1],
+            failed: n[3],
+            missing,
+            skipped,
+        },
+        out,
+    )
 }
 
 #[test]
@@ -41,7 +65,12 @@ fn conformance_all_tests_pass_with_no_missing_feature() {
     let lab = Lab::up();
     lab.ok(&["volume", "create", "cu", "--size", "64MiB"]);
     let started = std::time::Instant::now();
-    let (s, out) = run_suite(&["--dataloss", "--allow-sanitize", "--test=ALL", &lab.iscsi_url("cu")]);
+    let (s, out) = run_suite(&[
+        "--dataloss",
+        "--allow-sanitize",
+        "--test=ALL",
+        &lab.iscsi_url("cu"),
+    ]);
     println!("{out}");
     println!(
         "iscsi-test-cu ALL: {} ran, {} failed, {} skipped in {:.0?}",
@@ -54,8 +83,15 @@ fn conformance_all_tests_pass_with_no_missing_feature() {
         println!("  skip: {l}");
     }
     assert!(s.ran > 200, "the suite ran only {} tests", s.ran);
-    assert_eq!(s.failed, 0, "iscsi-test-cu reported failures (run with --no-capture)");
-    assert!(s.missing.is_empty(), "tests skipped for missing features: {:#?}", s.missing);
+    assert_eq!(
+        s.failed, 0,
+        "iscsi-test-cu reported failures (run with --no-capture)"
+    );
+    assert!(
+        s.missing.is_empty(),
+        "tests skipped for missing features: {:#?}",
+        s.missing
+    );
 }
 
 #[test]
@@ -66,7 +102,12 @@ fn conformance_multipath_suite_through_two_portals() {
     let status = lab.status_json();
     let member_portal = status["members"][0]["portal"].as_str().unwrap().to_string();
     let url2 = format!("iscsi://{member_portal}/iqn.2026-11.org.haven:mp/0");
-    let (s, out) = run_suite(&["--dataloss", "--test=ALL.MultipathIO", &lab.iscsi_url("mp"), &url2]);
+    let (s, out) = run_suite(&[
+        "--dataloss",
+        "--test=ALL.MultipathIO",
+        &lab.iscsi_url("mp"),
+        &url2,
+    ]);
     println!("{out}");
     assert!(s.ran > 0, "{out}");
     assert_eq!(s.failed, 0, "MultipathIO failures:\n{out}");

@@ -9,21 +9,48 @@ use support::*;
 fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     let lab = Lab::up();
     let created: serde_json::Value =
-        serde_json::from_str(&lab.ok(&["volume", "create", "vol1", "--size", "64MiB", "--json"])).unwrap();
+        serde_json::from_str(&lab.ok(&["volume", "create", "vol1", "--size", "64MiB", "--json"]))
+            .unwrap();
     assert_eq!(created["iqn"], "iqn.2026-11.org.haven:vol1");
 
     // Discovery at the group portal lists the target; the login is redirected to a member.
     let ls = run_tool("iscsi-ls", &["-s", &format!("iscsi://{}", lab.portal)]);
     assert!(ls.contains("iqn.2026-11.org.haven:vol1"), "{ls}");
-    assert!(ls.contains("Size:64M") || ls.contains("Size:63M") || ls.contains("DIRECT_ACCESS"), "{ls}");
+    assert!(
+        ls.contains("Size:64M") || ls.contains("Size:63M") || ls.contains("DIRECT_ACCESS"),
+        "{ls}"
+    );
 
     // qemu-img writes 8 MiB of random data and reads back the same bytes.
     let src = lab.tmp.path().join("src.img");
     let back = lab.tmp.path().join("back.img");
     write_random(&src, 8 << 20, 42);
     let url = lab.iscsi_url("vol1");
-    run_tool("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", src.to_str().unwrap(), &url]);
-    run_tool("qemu-img", &["convert", "-f", "raw", "-O", "raw", &url, back.to_str().unwrap()]);
+    run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            src.to_str().unwrap(),
+            &url,
+        ],
+    );
+    run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            back.to_str().unwrap(),
+        ],
+    );
     let a = std::fs::read(&src).unwrap();
     let b = std::fs::read(&back).unwrap();
     assert_eq!(b.len(), 64 << 20);
@@ -37,11 +64,28 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     lab.up_again();
     let after = lab.status_json();
     assert_eq!(before["group_portal"], after["group_portal"]);
-    assert_eq!(before["members"][0]["portal"], after["members"][0]["portal"]);
+    assert_eq!(
+        before["members"][0]["portal"],
+        after["members"][0]["portal"]
+    );
     assert_eq!(before["api"], after["api"]);
     assert_eq!(after["members"][0]["state"], "running");
-    run_tool("qemu-img", &["convert", "-f", "raw", "-O", "raw", &url, back.to_str().unwrap()]);
-    assert!(a[..] == std::fs::read(&back).unwrap()[..a.len()], "data lost across lab down/up");
+    run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        a[..] == std::fs::read(&back).unwrap()[..a.len()],
+        "data lost across lab down/up"
+    );
 
     // A killed member comes back serving.
     let o = haven(&["lab", "kill", "member-1", "--data", lab.dir_str()], &[]);
@@ -51,9 +95,24 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     assert!(o.status.success(), "{}", stderr(&o));
     let ls = run_tool("iscsi-ls", &["-s", &format!("iscsi://{}", lab.portal)]);
     assert!(ls.contains("iqn.2026-11.org.haven:vol1"), "{ls}");
-    run_tool("qemu-img", &["convert", "-f", "raw", "-O", "raw", &url, back.to_str().unwrap()]);
-    assert!(a[..] == std::fs::read(&back).unwrap()[..a.len()], "data lost across kill/start");
+    run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &url,
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        a[..] == std::fs::read(&back).unwrap()[..a.len()],
+        "data lost across kill/start"
+    );
 
-    let list: serde_json::Value = serde_json::from_str(&lab.ok(&["volume", "list", "--json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["volume", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
 }

@@ -31,7 +31,10 @@ impl Drop for Killed {
 
 #[test]
 fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
-    let secs: u64 = std::env::var("HAVEN_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let secs: u64 = std::env::var("HAVEN_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let readers = 48;
     let writers = 16;
     let lab = Lab::up();
@@ -40,13 +43,37 @@ fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
     // Fill it so reads touch data, not holes.
     let fill = lab.tmp.path().join("fill.img");
     write_random(&fill, 256 << 20, 3);
-    run_tool("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", fill.to_str().unwrap(), &url]);
-    let pid: i32 = std::fs::read_to_string(lab.dir.join("member-1/pid")).unwrap().trim().parse().unwrap();
+    run_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            fill.to_str().unwrap(),
+            &url,
+        ],
+    );
+    let pid: i32 = std::fs::read_to_string(lab.dir.join("member-1/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
 
     let mut readers_p = Killed(Vec::new());
     for i in 0..readers {
         let c = Command::new("iscsi-perf")
-            .args(["-i", &format!("iqn.2000-01.org.test:reader{i}"), "-t", &secs.to_string(), "-r", "-m", "4"])
+            .args([
+                "-i",
+                &format!("iqn.2000-01.org.test:reader{i}"),
+                "-t",
+                &secs.to_string(),
+                "-r",
+                "-m",
+                "4",
+            ])
             .arg(&url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -74,8 +101,12 @@ fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
                     args.push(format!("read -P {pat} {off} 128k"));
                 }
                 args.push(url.clone());
-                let o = Command::new("qemu-io").args(&args).output().expect("qemu-io");
-                let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+                let o = Command::new("qemu-io")
+                    .args(&args)
+                    .output()
+                    .expect("qemu-io");
+                let out = String::from_utf8_lossy(&o.stdout).to_string()
+                    + &String::from_utf8_lossy(&o.stderr);
                 if !o.status.success() || out.contains("fail") || out.contains("error") {
                     failures.push(out);
                 }
@@ -108,9 +139,16 @@ fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
         let mut err = String::new();
         c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(status.success(), "iscsi-perf failed: {out}{err}");
-        assert!(!err.to_lowercase().contains("error"), "iscsi-perf error: {err}");
+        assert!(
+            !err.to_lowercase().contains("error"),
+            "iscsi-perf error: {err}"
+        );
         if let Some(avg) = out.rsplit("iops average ").next() {
-            total_iops += avg.split_whitespace().next().and_then(|n| n.parse::<f64>().ok()).unwrap_or(0.0);
+            total_iops += avg
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0);
         }
     }
     let rss_end = rss_kib(pid);
@@ -119,5 +157,9 @@ fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
         "soak {secs}s: {readers} readers ({total_iops:.0} IOPS total), {writers} verified writers ({total_rounds} rounds), rss {rss_start} KiB -> peak {rss_peak} KiB, end {rss_end} KiB ({:+.1}%)",
         growth * 100.0
     );
-    assert!(growth < 0.10, "member memory grew {:.1}% (from {rss_start} KiB to {rss_peak} KiB)", growth * 100.0);
+    assert!(
+        growth < 0.10,
+        "member memory grew {:.1}% (from {rss_start} KiB to {rss_peak} KiB)",
+        growth * 100.0
+    );
 }

@@ -64,7 +64,20 @@ impl PortalDirectory {
 impl Directory for PortalDirectory {
     fn lookup(&self, target: &str, initiator: &str) -> Lookup {
         let state = self.state.borrow().clone();
-        let Some(v) = state.volumes.values().find(|v| v.iqn() == target) else {
+        // A volume's target, or a snapshot's read-only target (with its volume's access rules).
+        let Some(v) = state
+            .volumes
+            .values()
+            .find(|v| v.iqn() == target)
+            .or_else(|| {
+                let snap = state
+                    .snapshots
+                    .values()
+                    .flat_map(|s| s.values())
+                    .find(|s| s.iqn() == target)?;
+                state.volumes.get(&snap.volume)
+            })
+        else {
             return Lookup::NotFound;
         };
         if !allowed(v, initiator) {
@@ -91,13 +104,18 @@ impl Directory for PortalDirectory {
                 format!("{address},{}", self.tpgt)
             }
         };
-        state
-            .volumes
-            .values()
-            .filter(|v| allowed(v, initiator))
-            .filter(|v| only.is_none_or(|o| o == v.iqn()))
-            .map(|v| TargetRecord {
-                name: v.iqn(),
+        let mut names = Vec::new();
+        for v in state.volumes.values().filter(|v| allowed(v, initiator)) {
+            names.push(v.iqn());
+            if let Some(snaps) = state.snapshots.get(&v.name) {
+                names.extend(snaps.values().map(|s| s.iqn()));
+            }
+        }
+        names
+            .into_iter()
+            .filter(|n| only.is_none_or(|o| o == n))
+            .map(|name| TargetRecord {
+                name,
                 addresses: vec![address.clone()],
             })
             .collect()

@@ -2,7 +2,10 @@
 //! plane's Raft routes on one port.
 
 use crate::Member;
-use api::{CreateVolume, ErrorBody, GroupStatus, MemberView, Resize, SetAcl, SetChap, VolumeView};
+use api::{
+    CloneVolume, CreateSnapshot, CreateVolume, ErrorBody, GroupStatus, MemberView, Resize, Restore,
+    SetAcl, SetChap, SnapshotView, VolumeView,
+};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -70,6 +73,16 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/volumes/{name}/acl", put(set_acl))
         .route("/v1/volumes/{name}/chap", put(set_chap))
+        .route(
+            "/v1/volumes/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{snap}",
+            get(show_snapshot).delete(delete_snapshot),
+        )
+        .route("/v1/volumes/{name}/restore", post(restore_volume))
+        .route("/v1/volumes/{name}/clone", post(clone_volume))
         .with_state(member)
 }
 
@@ -310,3 +323,172 @@ async fn set_chap(
         )),
     }
 }
+
+fn no_snapshot(volume: &str, snap: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no snapshot {volume}@{snap}"),
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Wait until this member serves the target `iqn` (snapshots follow the applied state).
+async fn serving(m: &Member, iqn: &str) {
+    for _ in 0..250 {
+        if m.registry.get(iqn).is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn list_snapshots(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<SnapshotView>> {
+    let state = m.control.state();
+    if !state.volumes.contains_key(&name) {
+        return Err(not_found(&name));
+    }
+    let mut snaps: Vec<&control::Snapshot> = state
+        .snapshots
+        .get(&name)
+        .map(|s| s.values().collect())
+        .unwrap_or_default();
+    snaps.sort_by_key(|s| s.id);
+    Ok(Json(
+        snaps.into_iter().map(SnapshotView::from_snapshot).collect(),
+    ))
+}
+
+async fn show_snapshot(
+    State(m): State<Arc<Member>>,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<SnapshotView> {
+    let state = m.control.state();
+    let s = state
+        .snapshots
+        .get(&name)
+        .and_then(|s| s.get(&snap))
+        .ok_or_else(|| no_snapshot(&name, &snap))?;
+    Ok(Json(SnapshotView::from_snapshot(s)))
+}
+
+async fn create_snapshot(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<CreateSnapshot>,
+) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
+    match apply(
+        &m,
+        Command::CreateSnapshot {
+            volume: name,
+            name: req.name,
+            created: now(),
+        },
+    )
+    .await?
+    {
+        Outcome::Snapshot(s) => {
+            serving(&m, &s.iqn()).await;
+            Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
+        }
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+async fn delete_snapshot(
+    State(m): State<Arc<Member>>,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    apply(
+        &m,
+        Command::DeleteSnapshot {
+            volume: name,
+            name: snap,
+        },
+    )
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn restore_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<Restore>,
+) -> ApiResult<VolumeView> {
+    let state = m.control.state();
+    let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
+    let sessions = m.registry.sessions_of(&v.iqn());
+    if !sessions.is_empty() && !req.force {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "volume {name} has {} iSCSI session(s): restoring would change data under them; log them out or use --force",
+                sessions.len()
+            ),
+        ));
+    }
+    match apply(
+        &m,
+        Command::RestoreVolume {
+            volume: name,
+            snapshot: req.snapshot,
+        },
+    )
+    .await?
+    {
+        Outcome::Volume(v) => {
+            wait_restored(&m, &v).await;
+            Ok(Json(view(&m, &v)))
+        }
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+async fn clone_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<CloneVolume>,
+) -> ApiResult<VolumeView> {
+    match apply(
+        &m,
+        Command::CloneVolume {
+            volume: name,
+            snapshot: req.snapshot,
+            name: req.name,
+            created: now(),
+        },
+    )
+    .await?
+    {
+        Outcome::Volume(v) => {
+            settled(&m, &v).await;
+            Ok(Json(view(&m, &v)))
+        }
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+/// Wait until this member has rolled the volume back (integration with the store pending).
+async fn wait_restored(_m: &Member, _v: &control::Volume) {}

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch.
 
 mod member;
+mod snapshot;
 mod volume;
 
 use crate::lab;
@@ -34,6 +35,9 @@ pub enum Command {
     /// Volumes: create, list, show, resize, delete, access control.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Snapshots: create, list, show, delete, restore.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Storage members: run the daemon, list the group's members.
     #[command(subcommand)]
     Member(member::MemberCommand),
@@ -54,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(c) => lab::run(c).await,
         Command::Volume(c) => volume::run(c, &cli.api).await,
         Command::Member(c) => member::run(c, &cli.api).await,
+        Command::Snapshot(c) => snapshot::run(c, &cli.api).await,
     }
 }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod initiator;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -12,7 +14,11 @@ pub fn haven_bin() -> &'static str {
 
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Run `haven ARGS` and return its output.
@@ -46,15 +52,36 @@ impl Lab {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         // A loopback address of its own keeps the test clear of a developer's lab.
-        let portal = format!("127.0.{}.{}:{}", 100 + std::process::id() % 100, 2 + std::process::id() % 200, free_port());
+        let portal = format!(
+            "127.0.{}.{}:{}",
+            100 + std::process::id() % 100,
+            2 + std::process::id() % 200,
+            free_port()
+        );
         let lab = Lab { tmp, dir, portal };
         lab.up_again();
         lab
     }
 
     pub fn up_again(&self) {
-        let o = haven(&["lab", "up", "--detach", "--data", self.dir_str(), "--portal", &self.portal], &[]);
-        assert!(o.status.success(), "lab up failed: {}{}", stdout(&o), stderr(&o));
+        let o = haven(
+            &[
+                "lab",
+                "up",
+                "--detach",
+                "--data",
+                self.dir_str(),
+                "--portal",
+                &self.portal,
+            ],
+            &[],
+        );
+        assert!(
+            o.status.success(),
+            "lab up failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
     }
 
     pub fn dir_str(&self) -> &str {
@@ -95,7 +122,9 @@ impl Lab {
 
     fn pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return pids };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return pids;
+        };
         for e in rd.flatten() {
             if let Ok(p) = std::fs::read_to_string(e.path().join("pid")) {
                 if let Ok(pid) = p.trim().parse() {
@@ -121,8 +150,16 @@ impl Drop for Lab {
 
 /// Run an external tool, panicking with its output if it fails.
 pub fn run_tool(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} not runnable ({e}); run scripts/setup"));
-    assert!(o.status.success(), "{cmd} {args:?} failed: {}{}", stdout(&o), stderr(&o));
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} not runnable ({e}); run scripts/setup"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
     stdout(&o)
 }
 
