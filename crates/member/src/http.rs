@@ -255,6 +255,27 @@ async fn delete_volume(
             ),
         ));
     }
+    let snaps = state.snapshots.get(&name).map(|s| s.len()).unwrap_or(0);
+    if snaps > 0 && !q.force {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("volume {name} has {snaps} snapshot(s); delete them or use --force"),
+        ));
+    }
+    let clones: Vec<&str> = state
+        .volumes
+        .values()
+        .filter(|c| c.parent.is_some_and(|p| p.volume_id == v.id))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !clones.is_empty() && !q.force {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("volume {name} has clones ({}); its data stays until they are flattened or deleted; use --force", clones.join(", ")),
+        ));
+    }
     apply(&m, Command::DeleteVolume { name }).await?;
     Ok(Json(serde_json::json!({})))
 }
@@ -490,5 +511,12 @@ async fn clone_volume(
     }
 }
 
-/// Wait until this member has rolled the volume back (integration with the store pending).
-async fn wait_restored(_m: &Member, _v: &control::Volume) {}
+/// Wait until this member has rolled the volume back.
+async fn wait_restored(m: &Member, v: &control::Volume) {
+    for _ in 0..500 {
+        if m.registry.restored_generation(v.id) >= v.restore_generation {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

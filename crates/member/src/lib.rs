@@ -103,11 +103,14 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     })
     .await?;
     let registry = Arc::new(
-        Registry::new(config.name.clone(), config.data_dir.clone()).map_err(|e| {
-            MemberError::DataDir {
-                path: config.data_dir.display().to_string(),
-                message: e.to_string(),
-            }
+        Registry::new(
+            config.name.clone(),
+            config.data_dir.clone(),
+            config.capacity,
+        )
+        .map_err(|e| MemberError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: e.to_string(),
         })?,
     );
     let member = Arc::new(Member {
@@ -193,6 +196,8 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         }
     }
     tracing::info!("shutting down");
+    let reg = registry.clone();
+    let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
     control.shutdown().await;
     Ok(())
 }

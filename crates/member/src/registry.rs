@@ -1,23 +1,30 @@
-//! The volumes this member serves and the sessions logged in to them.
+//! The targets this member serves (volumes and snapshots) and the sessions logged in to
+//! them.
 //!
-//! The registry follows the control plane's state: every applied change is reconciled
-//! here (open new volumes, grow resized ones, close and delete removed ones).
+//! The registry follows the control plane's state. Every applied change is reconciled
+//! here in two steps: first the store is brought in line (create or clone volumes, take
+//! and delete snapshots, restore, grow, delete), then the served targets (open a logical
+//! unit for each volume and snapshot, close the ones that went away).
 
 use api::SessionView;
-use control::{ClusterState, Volume};
-use scsi::{BlockDevice, LogicalUnit, LuIdentity};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use control::{ClusterState, Snapshot, Volume};
+use scsi::{BlockDevice, CopyResolver, LogicalUnit, LuIdentity, PrPersistence};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use store::FileDevice;
+use store::{ErrorKind, Store};
 use tokio::sync::Notify;
 
-/// One volume served here.
+/// One target served here: a volume, or a snapshot's read-only image of one.
 pub struct VolumeHandle {
+    /// The volume (for a snapshot: the volume it was taken of).
     pub volume: RwLock<Volume>,
+    /// Set when this target is a snapshot.
+    pub snapshot: Option<Snapshot>,
     pub lu: Arc<LogicalUnit>,
-    pub dev: Arc<FileDevice>,
+    pub dev: Arc<dyn BlockDevice>,
 }
 
 /// Identifies a session for reinstatement: the same initiator port to the same target.
@@ -38,7 +45,10 @@ struct SessionEntry {
 pub struct Registry {
     pub member: String,
     data_dir: PathBuf,
-    volumes: RwLock<HashMap<String, Arc<VolumeHandle>>>,
+    store: Arc<Store>,
+    /// Restore generations already applied, by volume id (also kept in marker files).
+    restored: Mutex<HashMap<u64, u64>>,
+    volumes: Arc<RwLock<HashMap<String, Arc<VolumeHandle>>>>,
     sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_session: AtomicU64,
 }
@@ -55,25 +65,92 @@ pub fn naa_for(v: &Volume) -> [u8; 16] {
     naa
 }
 
+/// The NAA designator of a snapshot's logical unit: distinct from its volume's.
+pub fn naa_for_snapshot(s: &Snapshot, created: u64) -> [u8; 16] {
+    let mut naa = [0u8; 16];
+    naa[0] = 0x60;
+    naa[3] = 0x0b; // 'snapshot' marker
+    naa[4..8].copy_from_slice(&(s.volume_id as u32).to_be_bytes());
+    naa[8..12].copy_from_slice(&(s.id as u32).to_be_bytes());
+    naa[12..16].copy_from_slice(&(created as u32).to_be_bytes());
+    naa
+}
+
+fn store_err(e: store::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
 impl Registry {
-    pub fn new(member: String, data_dir: PathBuf) -> std::io::Result<Self> {
+    /// Open the member's store in `data_dir/store` (replaying its journal).
+    pub fn new(member: String, data_dir: PathBuf, capacity: Option<u64>) -> std::io::Result<Self> {
         std::fs::create_dir_all(data_dir.join("volumes"))?;
+        let opts = store::StoreOptions {
+            capacity,
+            ..Default::default()
+        };
+        let store = Arc::new(Store::open(data_dir.join("store"), opts).map_err(store_err)?);
         Ok(Registry {
             member,
             data_dir,
-            volumes: RwLock::new(HashMap::new()),
+            store,
+            restored: Mutex::new(HashMap::new()),
+            volumes: Arc::new(RwLock::new(HashMap::new())),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
     }
 
-    fn path_for(&self, v: &Volume) -> PathBuf {
-        self.data_dir
-            .join("volumes")
-            .join(format!("{:016x}.img", v.id))
+    /// The member's store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
-    /// The volume whose target is `iqn`.
+    /// Make everything written so far durable and the journal short (clean shutdown).
+    pub fn shutdown(&self) {
+        if let Err(e) = self.store.checkpoint() {
+            tracing::error!(error = %e, "checkpoint at shutdown failed");
+        }
+    }
+
+    /// Where the volume's persistent reservations live when an initiator sets APTPL.
+    fn pr_path_for(&self, v: &Volume) -> PathBuf {
+        self.data_dir
+            .join("volumes")
+            .join(format!("{:016x}.pr", v.id))
+    }
+
+    fn restore_marker(&self, id: u64) -> PathBuf {
+        self.data_dir
+            .join("volumes")
+            .join(format!("{id:016x}.restored"))
+    }
+
+    /// The restore generation this member has applied to volume `id`.
+    pub fn restored_generation(&self, id: u64) -> u64 {
+        if let Some(g) = self.restored.lock().unwrap().get(&id) {
+            return *g;
+        }
+        let g = std::fs::read_to_string(self.restore_marker(id))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        self.restored.lock().unwrap().insert(id, g);
+        g
+    }
+
+    /// EXTENDED COPY targets: the devices of the volumes served here, by NAA designator.
+    fn copy_resolver(&self) -> CopyResolver {
+        let volumes = Arc::downgrade(&self.volumes);
+        Arc::new(move |naa: &[u8; 16]| {
+            let volumes = volumes.upgrade()?;
+            let vols = volumes.read().unwrap_or_else(|e| e.into_inner());
+            vols.values()
+                .find(|h| h.lu.identity().naa == *naa)
+                .map(|h| h.dev.clone())
+        })
+    }
+
+    /// The target `iqn` (a volume or a snapshot).
     pub fn get(&self, iqn: &str) -> Option<Arc<VolumeHandle>> {
         self.volumes.read().unwrap().get(iqn).cloned()
     }
@@ -84,95 +161,236 @@ impl Registry {
         v
     }
 
-    /// Bring the served volumes in line with the cluster state.
+    /// Bring the store and the served targets in line with the cluster state.
     pub fn reconcile(&self, state: &ClusterState) {
-        let wanted: HashMap<String, &Volume> =
-            state.volumes.values().map(|v| (v.iqn(), v)).collect();
+        self.reconcile_store(state);
+        self.reconcile_targets(state);
+        self.collect_garbage(state);
+    }
+
+    /// Create, clone, snapshot, restore and grow in the store what the state says.
+    fn reconcile_store(&self, state: &ClusterState) {
+        let present: HashSet<u64> = self.store.volumes().into_iter().collect();
+        // Parents before clones: a clone needs its origin's snapshot.
+        let mut vols: Vec<&Volume> = state.volumes.values().collect();
+        vols.sort_by_key(|v| v.id);
+        for v in vols {
+            if !present.contains(&v.id) {
+                let r = match v.parent {
+                    Some(p) => self.store.clone_volume(p.volume_id, p.snapshot_id, v.id),
+                    None => self
+                        .store
+                        .create_volume(v.id, v.size, v.block_size, v.thick),
+                };
+                match r {
+                    Ok(()) => tracing::info!(volume = %v.name, "volume created in the store"),
+                    Err(e) => {
+                        tracing::error!(volume = %v.name, error = %e, "cannot create the volume");
+                        continue;
+                    }
+                }
+            }
+            let Ok(sv) = self.store.volume(v.id) else {
+                continue;
+            };
+            if v.size > sv.num_blocks() * v.block_size as u64 {
+                match self.store.resize(v.id, v.size) {
+                    Ok(()) => {
+                        tracing::info!(volume = %v.name, size = v.size, "volume grown");
+                        if let Some(h) = self.get(&v.iqn()) {
+                            h.lu.capacity_changed();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %v.name, error = %e, "cannot grow the volume")
+                    }
+                }
+            }
+            let have: HashSet<u64> = self
+                .store
+                .snapshots(v.id)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            if let Some(snaps) = state.snapshots.get(&v.name) {
+                let mut snaps: Vec<&Snapshot> = snaps.values().collect();
+                snaps.sort_by_key(|s| s.id);
+                for s in snaps {
+                    if !have.contains(&s.id) {
+                        match self.store.snapshot(v.id, s.id) {
+                            Ok(()) => {
+                                tracing::info!(volume = %v.name, snapshot = %s.name, "snapshot taken")
+                            }
+                            Err(e) => {
+                                tracing::error!(volume = %v.name, snapshot = %s.name, error = %e, "cannot take the snapshot")
+                            }
+                        }
+                    }
+                }
+            }
+            if v.restore_generation > self.restored_generation(v.id) {
+                if let Some(snap) = v.restored_from {
+                    match self.store.restore(v.id, snap) {
+                        Ok(()) => {
+                            // Recorded only after the store rolled back: a crash in between
+                            // repeats the restore, which writes nothing new.
+                            if let Err(e) = write_atomically(
+                                &self.restore_marker(v.id),
+                                v.restore_generation.to_string().as_bytes(),
+                            ) {
+                                tracing::error!(volume = %v.name, error = %e, "cannot record the restore");
+                            }
+                            self.restored
+                                .lock()
+                                .unwrap()
+                                .insert(v.id, v.restore_generation);
+                            tracing::info!(volume = %v.name, snapshot = snap, "volume restored");
+                        }
+                        Err(e) => {
+                            tracing::error!(volume = %v.name, error = %e, "cannot restore the volume")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Open a logical unit for every volume and snapshot; close those that went away.
+    fn reconcile_targets(&self, state: &ClusterState) {
+        let mut wanted: HashMap<String, (&Volume, Option<&Snapshot>)> = HashMap::new();
+        for v in state.volumes.values() {
+            wanted.insert(v.iqn(), (v, None));
+            if let Some(snaps) = state.snapshots.get(&v.name) {
+                for s in snaps.values() {
+                    wanted.insert(s.iqn(), (v, Some(s)));
+                }
+            }
+        }
         let mut gone = Vec::new();
         {
             let mut vols = self.volumes.write().unwrap();
             vols.retain(|iqn, h| {
-                let keep = wanted
-                    .get(iqn)
-                    .is_some_and(|v| v.id == h.volume.read().unwrap().id);
+                let keep = wanted.get(iqn).is_some_and(|(v, s)| {
+                    v.id == h.volume.read().unwrap().id
+                        && s.map(|s| s.id) == h.snapshot.as_ref().map(|s| s.id)
+                });
                 if !keep {
-                    gone.push((iqn.clone(), h.clone()));
+                    gone.push(iqn.clone());
                 }
                 keep
             });
-            for (iqn, v) in &wanted {
+            for (iqn, (v, snap)) in &wanted {
                 match vols.get(iqn) {
-                    Some(h) => {
-                        let old_size = h.volume.read().unwrap().size;
-                        if v.size > old_size {
-                            match h.dev.grow(v.size) {
-                                Ok(()) => {
-                                    h.lu.capacity_changed();
-                                    tracing::info!(volume = %v.name, size = v.size, "volume grown");
-                                }
-                                Err(e) => {
-                                    tracing::error!(volume = %v.name, error = %e, "cannot grow volume")
-                                }
-                            }
-                        }
-                        *h.volume.write().unwrap() = (*v).clone();
-                    }
-                    None => match self.open(v) {
+                    Some(h) => *h.volume.write().unwrap() = (*v).clone(),
+                    None => match self.open(v, *snap) {
                         Ok(h) => {
                             vols.insert(iqn.clone(), Arc::new(h));
                         }
                         Err(e) => {
-                            tracing::error!(volume = %v.name, error = %e, "cannot open volume")
+                            tracing::error!(target = %iqn, error = %e, "cannot serve the target")
                         }
                     },
                 }
             }
         }
-        for (iqn, h) in gone {
+        for iqn in gone {
             self.close_sessions(&iqn);
-            let v = h.volume.read().unwrap().clone();
-            let path = self.path_for(&v);
-            drop(h);
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::error!(volume = %v.name, error = %e, "cannot remove volume data");
-                }
-            }
-            tracing::info!(volume = %v.name, "volume removed");
+            tracing::info!(target = %iqn, "target removed");
         }
     }
 
-    fn open(&self, v: &Volume) -> std::io::Result<VolumeHandle> {
-        let dev = Arc::new(FileDevice::open(
-            &self.path_for(v),
-            v.size,
-            v.block_size,
-            false,
-        )?);
-        if v.thick {
-            preallocate(&self.path_for(v), v.size)?;
+    /// Delete from the store what the state no longer has (retried until it succeeds:
+    /// a volume with clones stays until they are gone).
+    fn collect_garbage(&self, state: &ClusterState) {
+        let ids: HashMap<u64, &Volume> = state.volumes.values().map(|v| (v.id, v)).collect();
+        for id in self.store.volumes() {
+            match ids.get(&id) {
+                Some(v) => {
+                    let wanted: HashSet<u64> = state
+                        .snapshots
+                        .get(&v.name)
+                        .map(|s| s.values().map(|s| s.id).collect())
+                        .unwrap_or_default();
+                    for snap in self.store.snapshots(id).unwrap_or_default() {
+                        if !wanted.contains(&snap) {
+                            match self.store.delete_snapshot(id, snap) {
+                                Ok(()) => {
+                                    tracing::info!(volume = %v.name, snapshot = snap, "snapshot deleted")
+                                }
+                                Err(e) => {
+                                    tracing::debug!(volume = %v.name, snapshot = snap, error = %e, "snapshot kept for now")
+                                }
+                            }
+                        }
+                    }
+                }
+                None => match self.store.delete_volume(id) {
+                    Ok(()) => {
+                        tracing::info!(volume = id, "volume deleted from the store");
+                        let _ = std::fs::remove_file(self.restore_marker(id));
+                        let pr = self.data_dir.join("volumes").join(format!("{id:016x}.pr"));
+                        let _ = std::fs::remove_file(pr);
+                    }
+                    Err(e) if e.kind == ErrorKind::Conflict => {
+                        tracing::debug!(volume = id, error = %e, "volume kept while clones need it")
+                    }
+                    Err(e) => tracing::error!(volume = id, error = %e, "cannot delete the volume"),
+                },
+            }
         }
-        let identity = LuIdentity {
-            naa: naa_for(v),
-            serial: format!("{:016x}", v.id),
-            target_name: v.iqn(),
-            target_port_group: 1,
+    }
+
+    fn open(&self, v: &Volume, snap: Option<&Snapshot>) -> std::io::Result<VolumeHandle> {
+        let (dev, identity): (Arc<dyn BlockDevice>, LuIdentity) = match snap {
+            None => (
+                self.store.volume(v.id).map_err(store_err)? as Arc<dyn BlockDevice>,
+                LuIdentity {
+                    naa: naa_for(v),
+                    serial: format!("{:016x}", v.id),
+                    target_name: v.iqn(),
+                    target_port_group: 1,
+                },
+            ),
+            Some(s) => (
+                self.store.open_snapshot(v.id, s.id).map_err(store_err)?,
+                LuIdentity {
+                    naa: naa_for_snapshot(s, s.created),
+                    serial: format!("{:08x}{:08x}", v.id as u32, s.id as u32),
+                    target_name: s.iqn(),
+                    target_port_group: 1,
+                },
+            ),
         };
-        let lu = Arc::new(LogicalUnit::new(
-            dev.clone() as Arc<dyn BlockDevice>,
-            identity,
-        ));
-        tracing::info!(volume = %v.name, size = v.size, "volume opened");
+        let lu = Arc::new(LogicalUnit::new(dev.clone(), identity));
+        if snap.is_none() {
+            let pr_path = self.pr_path_for(v);
+            match std::fs::read(&pr_path) {
+                Ok(bytes) => {
+                    if let Err(e) = lu.restore_pr(&bytes) {
+                        tracing::error!(volume = %v.name, error = %e, "ignoring saved persistent reservations");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(volume = %v.name, error = %e, "cannot read saved persistent reservations")
+                }
+            }
+            lu.set_pr_persistence(Arc::new(PrFile { path: pr_path }));
+        }
+        lu.set_copy_resolver(self.copy_resolver());
+        tracing::info!(target = %lu.identity().target_name, size = v.size, "serving");
         Ok(VolumeHandle {
             volume: RwLock::new(v.clone()),
+            snapshot: snap.cloned(),
             lu,
             dev,
         })
     }
 
     /// Record a new session; an older one with the same key is told to close
-    /// (session reinstatement). Returns the session id and its close signal.
-    pub fn session_started(&self, key: SessionKey, portal: &str) -> (u64, Arc<Notify>) {
+    /// (session reinstatement). Returns the session id, its close signal and whether an
+    /// older session was reinstated.
+    pub fn session_started(&self, key: SessionKey, portal: &str) -> (u64, Arc<Notify>, bool) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let close = Arc::new(Notify::new());
         let old = self.sessions.lock().unwrap().insert(
@@ -183,17 +401,21 @@ impl Registry {
                 portal: portal.to_string(),
             },
         );
+        let reinstated = old.is_some();
         if let Some(old) = old {
             old.close.notify_one();
         }
-        (id, close)
+        (id, close, reinstated)
     }
 
-    pub fn session_ended(&self, key: &SessionKey, id: u64) {
+    /// Returns true when `id` was still the key's current session (not reinstated).
+    pub fn session_ended(&self, key: &SessionKey, id: u64) -> bool {
         let mut s = self.sessions.lock().unwrap();
         if s.get(key).is_some_and(|e| e.id == id) {
             s.remove(key);
+            return true;
         }
+        false
     }
 
     fn close_sessions(&self, iqn: &str) {
@@ -234,13 +456,30 @@ impl Registry {
     }
 }
 
-fn preallocate(path: &std::path::Path, size: u64) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let f = std::fs::OpenOptions::new().write(true).open(path)?;
-    // SAFETY: fallocate on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
+/// Persistent reservation state saved beside the volume data: written to a temporary
+/// file, synced, then renamed over the old one, so a crash leaves either state whole.
+struct PrFile {
+    path: PathBuf,
+}
+
+impl PrPersistence for PrFile {
+    fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomically(&self.path, bytes)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
