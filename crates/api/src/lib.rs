@@ -19,6 +19,7 @@
 //! | GET, DELETE | `/v1/volumes/{name}/snapshots/{snap}` | → [`SnapshotView`] / `{}` |
 //! | POST | `/v1/volumes/{name}/restore` | [`Restore`] → [`VolumeView`] |
 //! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → [`VolumeView`] |
+//! | POST | `/v1/volumes/{name}/scrub` | → [`ScrubView`] |
 //!
 //! Errors answer with a non-2xx status and an [`ErrorBody`].
 

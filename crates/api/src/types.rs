@@ -84,6 +84,12 @@ pub struct VolumeView {
     pub created: u64,
     #[serde(default)]
     pub sessions: Vec<SessionView>,
+    /// Space on the member that answered (absent when it does not hold the volume).
+    #[serde(default)]
+    pub space: Option<SpaceView>,
+    /// The clone's origin, `VOLUME@SNAPSHOT` ids.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 impl VolumeView {
@@ -100,6 +106,10 @@ impl VolumeView {
             mutual_chap: v.chap.as_ref().is_some_and(|c| c.mutual_user.is_some()),
             created: v.created,
             sessions,
+            space: None,
+            parent: v
+                .parent
+                .map(|p| format!("{}@{}", p.volume_id, p.snapshot_id)),
         }
     }
 }
@@ -114,6 +124,9 @@ pub struct MemberView {
     /// `online` when it answers, else `unreachable`.
     pub state: String,
     pub leader: bool,
+    /// The member's pool (only for the member that answered).
+    #[serde(default)]
+    pub pool: Option<PoolView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,4 +179,38 @@ pub struct Restore {
 pub struct CloneVolume {
     pub snapshot: String,
     pub name: String,
+}
+
+/// A volume's space on the member that answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpaceView {
+    pub provisioned: u64,
+    pub in_use: u64,
+    pub snapshot_reserve: u64,
+    pub snapshot_in_use: u64,
+    /// Snapshot use reached 60 % of the reserve.
+    pub reserve_warning: bool,
+    pub offline: bool,
+}
+
+/// What a scrub of a volume found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScrubView {
+    pub volume: String,
+    pub blocks_checked: u64,
+    /// LBAs whose checksum failed.
+    pub bad: Vec<u64>,
+    pub repaired: u64,
+}
+
+/// A member's pool as its store sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PoolView {
+    pub capacity: u64,
+    pub provisioned: u64,
+    pub in_use: u64,
+    pub free: u64,
+    pub snapshot_in_use: u64,
+    /// In use reached 90 % of capacity.
+    pub warning: bool,
 }

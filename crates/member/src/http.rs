@@ -83,6 +83,7 @@ pub fn router(member: Arc<Member>) -> Router {
         )
         .route("/v1/volumes/{name}/restore", post(restore_volume))
         .route("/v1/volumes/{name}/clone", post(clone_volume))
+        .route("/v1/volumes/{name}/scrub", post(scrub_volume))
         .with_state(member)
 }
 
@@ -104,6 +105,22 @@ fn member_views(m: &Member) -> Vec<MemberView> {
                 "unknown".into()
             },
             leader: Some(x.node_id) == leader,
+            pool: (x.name == m.config.name).then(|| {
+                let s = m.registry.store().space();
+                let unlimited = s.capacity == u64::MAX;
+                api::PoolView {
+                    capacity: if unlimited { x.capacity } else { s.capacity },
+                    provisioned: s.provisioned,
+                    in_use: s.in_use,
+                    free: if unlimited {
+                        x.capacity.saturating_sub(s.in_use)
+                    } else {
+                        s.free
+                    },
+                    snapshot_in_use: s.snapshot_in_use,
+                    warning: s.warn,
+                }
+            }),
         })
         .collect()
 }
@@ -131,7 +148,21 @@ async fn members(State(m): State<Arc<Member>>) -> ApiResult<Vec<MemberView>> {
 }
 
 fn view(m: &Member, v: &control::Volume) -> VolumeView {
-    VolumeView::from_volume(v, m.registry.sessions_of(&v.iqn()))
+    let mut view = VolumeView::from_volume(v, m.registry.sessions_of(&v.iqn()));
+    view.space = m
+        .registry
+        .store()
+        .volume_space(v.id)
+        .ok()
+        .map(|s| api::SpaceView {
+            provisioned: s.provisioned,
+            in_use: s.in_use,
+            snapshot_reserve: s.snapshot_reserve,
+            snapshot_in_use: s.snapshot_in_use,
+            reserve_warning: s.reserve_warn,
+            offline: s.offline,
+        });
+    view
 }
 
 async fn list_volumes(State(m): State<Arc<Member>>) -> ApiResult<Vec<VolumeView>> {
@@ -519,4 +550,30 @@ async fn wait_restored(m: &Member, v: &control::Volume) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+async fn scrub_volume(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<api::ScrubView> {
+    let state = m.control.state();
+    let v = state
+        .volumes
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?
+        .clone();
+    let store = m.registry.store().clone();
+    let report = tokio::task::spawn_blocking(move || store.scrub(v.id))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if !report.bad.is_empty() {
+        tracing::warn!(volume = %name, bad = report.bad.len(), "scrub found blocks failing their checksum");
+    }
+    Ok(Json(api::ScrubView {
+        volume: name,
+        blocks_checked: report.blocks_checked,
+        bad: report.bad,
+        repaired: report.repaired,
+    }))
 }

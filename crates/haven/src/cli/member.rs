@@ -56,7 +56,9 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
                 return output::json(&ms);
             }
             output::table(
-                &["NAME", "STATE", "LEADER", "CAPACITY", "PORTAL", "API"],
+                &[
+                    "NAME", "STATE", "LEADER", "CAPACITY", "IN USE", "PORTAL", "API",
+                ],
                 ms.iter()
                     .map(|m| {
                         vec![
@@ -64,6 +66,21 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
                             m.state.clone(),
                             if m.leader { "yes".into() } else { "".into() },
                             format_size(m.capacity),
+                            m.pool
+                                .as_ref()
+                                .map(|p| {
+                                    let pct = if p.capacity > 0 {
+                                        p.in_use as f64 * 100.0 / p.capacity as f64
+                                    } else {
+                                        0.0
+                                    };
+                                    format!(
+                                        "{} ({pct:.0}%){}",
+                                        format_size(p.in_use),
+                                        if p.warning { " WARNING" } else { "" }
+                                    )
+                                })
+                                .unwrap_or_else(|| "-".into()),
                             m.portal.clone(),
                             m.api.clone(),
                         ]

@@ -47,6 +47,12 @@ pub enum VolumeCommand {
     },
     /// Set or clear the target's CHAP credentials.
     Chap(ChapArgs),
+    /// Verify every block's checksum; report (and repair where a replica exists).
+    Scrub {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A new writable volume from a snapshot, instant, sharing unchanged data.
     Clone {
         /// VOLUME@SNAPSHOT
@@ -147,6 +153,25 @@ fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
             (None, _) => "none".into(),
         }
     );
+    if let Some(s) = &v.space {
+        println!(
+            "space:       {} in use of {}; snapshots {} (reserve {}){}{}",
+            format_size(s.in_use),
+            format_size(s.provisioned),
+            format_size(s.snapshot_in_use),
+            format_size(s.snapshot_reserve),
+            if s.reserve_warning {
+                "  WARNING: snapshot reserve 60% used"
+            } else {
+                ""
+            },
+            if s.offline {
+                "  OFFLINE: snapshot reserve exhausted"
+            } else {
+                ""
+            }
+        );
+    }
     println!("sessions:    {}", v.sessions.len());
     for s in &v.sessions {
         println!(
@@ -262,6 +287,36 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
                 )
                 .await?;
             print(&v, c.json)
+        }
+        VolumeCommand::Scrub { name, json } => {
+            let r: api::ScrubView = client
+                .post(
+                    &format!("/v1/volumes/{}/scrub", enc(&name)?),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if json {
+                output::json(&r)?;
+            } else {
+                println!(
+                    "{}: {} blocks checked, {} bad, {} repaired",
+                    r.volume,
+                    r.blocks_checked,
+                    r.bad.len(),
+                    r.repaired
+                );
+                for lba in r.bad.iter().take(20) {
+                    println!("  bad block at lba {lba}");
+                }
+            }
+            if !r.bad.is_empty() {
+                anyhow::bail!(
+                    "volume {} has {} block(s) failing their checksum",
+                    r.volume,
+                    r.bad.len()
+                );
+            }
+            Ok(())
         }
         VolumeCommand::Clone { source, name, json } => {
             let Some((vol, snap)) = source.split_once('@') else {
