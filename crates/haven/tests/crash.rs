@@ -95,7 +95,7 @@ fn killed_member_keeps_every_flushed_write() {
         let mut next_flush = 1 + rng.below(16);
         loop {
             seq += 1;
-            if seq as u64 % next_flush == 0 {
+            if (seq as u64).is_multiple_of(next_flush) {
                 match ini.flush() {
                     Ok(()) => {
                         total_flushes += 1;
