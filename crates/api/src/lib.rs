@@ -20,6 +20,8 @@
 //! | POST | `/v1/volumes/{name}/restore` | [`Restore`] → [`VolumeView`] |
 //! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → [`VolumeView`] |
 //! | POST | `/v1/volumes/{name}/scrub` | → [`ScrubView`] |
+//! | PUT | `/v1/volumes/{name}/snapshot-reserve` | [`SetSnapshotReserve`] → [`VolumeView`] |
+//! | POST, GET | `/v1/volumes/{name}/flatten` | → [`FlattenView`] (starts / reports a background flatten) |
 //!
 //! Errors answer with a non-2xx status and an [`ErrorBody`].
 
@@ -28,5 +30,6 @@ pub mod size;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use control::ReservePolicy;
 pub use size::{format_size, parse_size, SizeError};
 pub use types::*;

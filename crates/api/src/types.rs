@@ -90,6 +90,11 @@ pub struct VolumeView {
     /// The clone's origin, `VOLUME@SNAPSHOT` ids.
     #[serde(default)]
     pub parent: Option<String>,
+    /// Snapshot reserve in percent of the size (0: unlimited).
+    #[serde(default)]
+    pub snapshot_reserve_pct: u32,
+    #[serde(default)]
+    pub reserve_policy: control::ReservePolicy,
 }
 
 impl VolumeView {
@@ -110,6 +115,8 @@ impl VolumeView {
             parent: v
                 .parent
                 .map(|p| format!("{}@{}", p.volume_id, p.snapshot_id)),
+            snapshot_reserve_pct: v.snapshot_reserve_pct,
+            reserve_policy: v.reserve_policy,
         }
     }
 }
@@ -213,4 +220,25 @@ pub struct PoolView {
     pub snapshot_in_use: u64,
     /// In use reached 90 % of capacity.
     pub warning: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetSnapshotReserve {
+    /// Percent of the volume's size (0: unlimited; else 10 to 1000).
+    pub percent: u32,
+    /// `delete-oldest` (default) or `offline`.
+    #[serde(default)]
+    pub policy: control::ReservePolicy,
+}
+
+/// A background flatten of a clone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlattenView {
+    pub volume: String,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    pub done: u64,
+    pub total: u64,
+    #[serde(default)]
+    pub error: Option<String>,
 }

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 
 pub use error::{ControlError, ErrorKind};
 pub use state::{
-    Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, Snapshot, Volume,
+    Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, ReservePolicy, Snapshot,
+    Volume,
 };
 
 use log_store::LogStore;

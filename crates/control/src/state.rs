@@ -69,6 +69,23 @@ pub struct Volume {
     /// The snapshot the latest restore rolled back to.
     #[serde(default)]
     pub restored_from: Option<u64>,
+    /// Snapshot reserve in percent of the size (0: unlimited; else at least 10).
+    #[serde(default)]
+    pub snapshot_reserve_pct: u32,
+    /// What happens when snapshots outgrow the reserve.
+    #[serde(default)]
+    pub reserve_policy: ReservePolicy,
+}
+
+/// EqualLogic's choices when a volume's snapshots outgrow its reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReservePolicy {
+    /// Delete the oldest snapshots until the rest fit.
+    #[default]
+    DeleteOldest,
+    /// Keep the snapshots and take the volume offline.
+    Offline,
 }
 
 /// Where a clone came from.
@@ -167,6 +184,15 @@ pub enum Command {
     RestoreVolume {
         volume: String,
         snapshot: String,
+    },
+    SetSnapshotReserve {
+        name: String,
+        pct: u32,
+        policy: ReservePolicy,
+    },
+    /// A clone no longer depends on its origin.
+    Flattened {
+        name: String,
     },
     /// A new writable volume sharing a snapshot's extents.
     CloneVolume {
@@ -283,6 +309,8 @@ impl ClusterState {
                     parent: None,
                     restore_generation: 0,
                     restored_from: None,
+                    snapshot_reserve_pct: 0,
+                    reserve_policy: ReservePolicy::default(),
                 };
                 self.volumes.insert(name, vol.clone());
                 Outcome::Volume(vol)
@@ -331,6 +359,27 @@ impl ClusterState {
                     return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
                 };
                 vol.chap = chap;
+                Outcome::Volume(vol.clone())
+            }
+            Command::SetSnapshotReserve { name, pct, policy } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                if pct != 0 && !(10..=1000).contains(&pct) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("snapshot reserve {pct}% must be 0 (unlimited) or 10% to 1000%"),
+                    );
+                }
+                vol.snapshot_reserve_pct = pct;
+                vol.reserve_policy = policy;
+                Outcome::Volume(vol.clone())
+            }
+            Command::Flattened { name } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                vol.parent = None;
                 Outcome::Volume(vol.clone())
             }
             Command::CreateSnapshot {
@@ -458,6 +507,8 @@ impl ClusterState {
                     }),
                     restore_generation: 0,
                     restored_from: None,
+                    snapshot_reserve_pct: 0,
+                    reserve_policy: ReservePolicy::default(),
                 };
                 self.volumes.insert(name, vol.clone());
                 Outcome::Volume(vol)

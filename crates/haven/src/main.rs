@@ -5,6 +5,7 @@ mod cli;
 mod lab;
 mod logging;
 mod output;
+mod progress;
 
 use clap::Parser;
 

@@ -118,7 +118,16 @@ fn conformance_multipath_suite_through_two_portals() {
 fn conformance_read_only_suite_against_a_snapshot_target() {
     let lab = Lab::up();
     lab.ok(&["volume", "create", "ro", "--size", "64MiB"]);
-    run_tool("qemu-io", &["-f", "raw", "-c", "write -P 0x33 0 4M", &lab.iscsi_url("ro")]);
+    run_tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x33 0 4M",
+            &lab.iscsi_url("ro"),
+        ],
+    );
     lab.ok(&["snapshot", "create", "ro", "s1"]);
     let url = format!("iscsi://{}/iqn.2026-11.org.haven:ro:snap:s1/0", lab.portal);
     let (s, out) = run_suite(&["--dataloss", "--test=ALL.ReadOnly", &url]);

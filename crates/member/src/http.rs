@@ -84,6 +84,14 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/v1/volumes/{name}/restore", post(restore_volume))
         .route("/v1/volumes/{name}/clone", post(clone_volume))
         .route("/v1/volumes/{name}/scrub", post(scrub_volume))
+        .route(
+            "/v1/volumes/{name}/snapshot-reserve",
+            put(set_snapshot_reserve),
+        )
+        .route(
+            "/v1/volumes/{name}/flatten",
+            post(start_flatten).get(flatten_status),
+        )
         .with_state(member)
 }
 
@@ -576,4 +584,133 @@ async fn scrub_volume(
         bad: report.bad,
         repaired: report.repaired,
     }))
+}
+
+async fn set_snapshot_reserve(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+    Json(req): Json<api::SetSnapshotReserve>,
+) -> ApiResult<VolumeView> {
+    match apply(
+        &m,
+        Command::SetSnapshotReserve {
+            name,
+            pct: req.percent,
+            policy: req.policy,
+        },
+    )
+    .await?
+    {
+        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        _ => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected outcome".into(),
+        )),
+    }
+}
+
+/// Progress of one background flatten.
+#[derive(Default)]
+pub struct FlattenJob {
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+    /// None while running; Some(Ok) or Some(Err(message)) when finished.
+    result: std::sync::Mutex<Option<Result<(), String>>>,
+}
+
+fn flatten_view(name: &str, j: &FlattenJob) -> api::FlattenView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let result = j.result.lock().unwrap().clone();
+    api::FlattenView {
+        volume: name.to_string(),
+        state: match &result {
+            None => "running",
+            Some(Ok(())) => "done",
+            Some(Err(_)) => "failed",
+        }
+        .into(),
+        done: j.done.load(Relaxed),
+        total: j.total.load(Relaxed),
+        error: result.and_then(|r| r.err()),
+    }
+}
+
+async fn start_flatten(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<api::FlattenView>), ApiError> {
+    let state = m.control.state();
+    let v = state
+        .volumes
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?
+        .clone();
+    if v.parent.is_none() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("volume {name} is not a clone; nothing to flatten"),
+        ));
+    }
+    let job = {
+        let mut jobs = m.flattens.lock().unwrap();
+        if let Some(j) = jobs.get(&name) {
+            if j.result.lock().unwrap().is_none() {
+                return Ok((StatusCode::ACCEPTED, Json(flatten_view(&name, j))));
+            }
+        }
+        let j = Arc::new(FlattenJob::default());
+        jobs.insert(name.clone(), j.clone());
+        j
+    };
+    let store = m.registry.store().clone();
+    let (job2, member, vname) = (job.clone(), m.clone(), name.clone());
+    tokio::spawn(async move {
+        let j = job2.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            store.flatten(v.id, |done, total| {
+                j.done.store(done, Relaxed);
+                j.total.store(total, Relaxed);
+            })
+        })
+        .await;
+        let outcome = match r {
+            Ok(Ok(())) => match member
+                .control
+                .write(Command::Flattened {
+                    name: vname.clone(),
+                })
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("flattened, but recording it failed: {e}")),
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(volume = %vname, error = %e, "flatten failed");
+        } else {
+            tracing::info!(volume = %vname, "clone flattened");
+        }
+        *job2.result.lock().unwrap() = Some(outcome);
+    });
+    Ok((StatusCode::ACCEPTED, Json(flatten_view(&name, &job))))
+}
+
+async fn flatten_status(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<api::FlattenView> {
+    let jobs = m.flattens.lock().unwrap();
+    let j = jobs.get(&name).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no flatten of {name} on this member"),
+        )
+    })?;
+    Ok(Json(flatten_view(&name, j)))
 }

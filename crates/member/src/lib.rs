@@ -45,6 +45,8 @@ pub struct Member {
     pub config: MemberConfig,
     pub control: ControlPlane,
     pub registry: Arc<Registry>,
+    /// Background flattens, by volume name.
+    pub flattens: std::sync::Mutex<std::collections::HashMap<String, Arc<http::FlattenJob>>>,
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, MemberError> {
@@ -117,6 +119,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         config: config.clone(),
         control: control.clone(),
         registry: registry.clone(),
+        flattens: Default::default(),
     });
 
     // The API comes up before bootstrap so peers and the CLI can reach it at once.
@@ -130,11 +133,19 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     // Volumes follow the applied state.
     let mut state_rx = control.subscribe();
     let reg = registry.clone();
+    let ctl_follow = control.clone();
     tokio::spawn(async move {
         loop {
             let state = state_rx.borrow_and_update().clone();
             let r = reg.clone();
-            let _ = tokio::task::spawn_blocking(move || r.reconcile(&state)).await;
+            let follow_up = tokio::task::spawn_blocking(move || r.reconcile(&state))
+                .await
+                .unwrap_or_default();
+            for cmd in follow_up {
+                if let Err(e) = ctl_follow.write(cmd).await {
+                    tracing::warn!(error = %e, "cannot record a change the store made; retrying on the next change");
+                }
+            }
             if state_rx.changed().await.is_err() {
                 break;
             }

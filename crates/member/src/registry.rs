@@ -48,6 +48,12 @@ pub struct Registry {
     store: Arc<Store>,
     /// Restore generations already applied, by volume id (also kept in marker files).
     restored: Mutex<HashMap<u64, u64>>,
+    /// The newest snapshot id taken of each volume (also kept in marker files): a snapshot
+    /// at or below it that the store no longer has was deleted by the reserve policy and is
+    /// never taken again (it would hold other data).
+    snap_high: Mutex<HashMap<u64, u64>>,
+    /// Snapshot reserve settings applied to the store, by volume id.
+    reserve_applied: Mutex<HashMap<u64, (u32, control::ReservePolicy)>>,
     volumes: Arc<RwLock<HashMap<String, Arc<VolumeHandle>>>>,
     sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_session: AtomicU64,
@@ -94,6 +100,8 @@ impl Registry {
             data_dir,
             store,
             restored: Mutex::new(HashMap::new()),
+            snap_high: Mutex::new(HashMap::new()),
+            reserve_applied: Mutex::new(HashMap::new()),
             volumes: Arc::new(RwLock::new(HashMap::new())),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -138,6 +146,24 @@ impl Registry {
         g
     }
 
+    fn snap_marker(&self, id: u64) -> PathBuf {
+        self.data_dir
+            .join("volumes")
+            .join(format!("{id:016x}.snaps"))
+    }
+
+    fn snapshot_high_water(&self, id: u64) -> u64 {
+        if let Some(g) = self.snap_high.lock().unwrap().get(&id) {
+            return *g;
+        }
+        let g = std::fs::read_to_string(self.snap_marker(id))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        self.snap_high.lock().unwrap().insert(id, g);
+        g
+    }
+
     /// EXTENDED COPY targets: the devices of the volumes served here, by NAA designator.
     fn copy_resolver(&self) -> CopyResolver {
         let volumes = Arc::downgrade(&self.volumes);
@@ -162,14 +188,18 @@ impl Registry {
     }
 
     /// Bring the store and the served targets in line with the cluster state.
-    pub fn reconcile(&self, state: &ClusterState) {
-        self.reconcile_store(state);
+    /// Bring the store and the served targets in line with the cluster state. Returns the
+    /// commands the group must apply in turn (snapshots the reserve policy deleted).
+    pub fn reconcile(&self, state: &ClusterState) -> Vec<control::Command> {
+        let follow_up = self.reconcile_store(state);
         self.reconcile_targets(state);
         self.collect_garbage(state);
+        follow_up
     }
 
     /// Create, clone, snapshot, restore and grow in the store what the state says.
-    fn reconcile_store(&self, state: &ClusterState) {
+    fn reconcile_store(&self, state: &ClusterState) -> Vec<control::Command> {
+        let mut follow_up = Vec::new();
         let present: HashSet<u64> = self.store.volumes().into_iter().collect();
         // Parents before clones: a clone needs its origin's snapshot.
         let mut vols: Vec<&Volume> = state.volumes.values().collect();
@@ -216,15 +246,50 @@ impl Registry {
                 let mut snaps: Vec<&Snapshot> = snaps.values().collect();
                 snaps.sort_by_key(|s| s.id);
                 for s in snaps {
-                    if !have.contains(&s.id) {
-                        match self.store.snapshot(v.id, s.id) {
-                            Ok(()) => {
-                                tracing::info!(volume = %v.name, snapshot = %s.name, "snapshot taken")
+                    if have.contains(&s.id) {
+                        continue;
+                    }
+                    if s.id <= self.snapshot_high_water(v.id) {
+                        // Taken once and since deleted by the store's reserve policy.
+                        tracing::warn!(volume = %v.name, snapshot = %s.name, "snapshot deleted to keep within the snapshot reserve");
+                        follow_up.push(control::Command::DeleteSnapshot {
+                            volume: v.name.clone(),
+                            name: s.name.clone(),
+                        });
+                        continue;
+                    }
+                    match self.store.snapshot(v.id, s.id) {
+                        Ok(()) => {
+                            self.snap_high.lock().unwrap().insert(v.id, s.id);
+                            if let Err(e) = write_atomically(
+                                &self.snap_marker(v.id),
+                                s.id.to_string().as_bytes(),
+                            ) {
+                                tracing::error!(volume = %v.name, error = %e, "cannot record the snapshot");
                             }
-                            Err(e) => {
-                                tracing::error!(volume = %v.name, snapshot = %s.name, error = %e, "cannot take the snapshot")
-                            }
+                            tracing::info!(volume = %v.name, snapshot = %s.name, "snapshot taken")
                         }
+                        Err(e) => {
+                            tracing::error!(volume = %v.name, snapshot = %s.name, error = %e, "cannot take the snapshot")
+                        }
+                    }
+                }
+            }
+            let reserve = (v.snapshot_reserve_pct, v.reserve_policy);
+            if self.reserve_applied.lock().unwrap().get(&v.id) != Some(&reserve) {
+                let policy = match v.reserve_policy {
+                    control::ReservePolicy::DeleteOldest => store::ReservePolicy::DeleteOldest,
+                    control::ReservePolicy::Offline => store::ReservePolicy::Offline,
+                };
+                match self
+                    .store
+                    .set_snapshot_reserve(v.id, v.snapshot_reserve_pct, policy)
+                {
+                    Ok(()) => {
+                        self.reserve_applied.lock().unwrap().insert(v.id, reserve);
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %v.name, error = %e, "cannot set the snapshot reserve")
                     }
                 }
             }
@@ -253,6 +318,7 @@ impl Registry {
                 }
             }
         }
+        follow_up
     }
 
     /// Open a logical unit for every volume and snapshot; close those that went away.
@@ -482,4 +548,22 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pr_state_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("haven-pr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("0000000000000001.pr");
+        let f = PrFile { path: path.clone() };
+        f.save(b"first state").unwrap();
+        f.save(b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!path.with_extension("pr.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -47,6 +47,24 @@ pub enum VolumeCommand {
     },
     /// Set or clear the target's CHAP credentials.
     Chap(ChapArgs),
+    /// Set the snapshot reserve and what happens when snapshots outgrow it.
+    Reserve {
+        name: String,
+        /// Percent of the volume's size (0: unlimited; else 10–1000).
+        #[arg(long)]
+        percent: u32,
+        #[arg(long, value_enum, default_value = "delete-oldest")]
+        policy: Policy,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a clone independent of its origin, in the background, with progress.
+    Flatten {
+        name: String,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Verify every block's checksum; report (and repair where a replica exists).
     Scrub {
         name: String,
@@ -59,6 +77,9 @@ pub enum VolumeCommand {
         source: String,
         /// The new volume's name.
         name: String,
+        /// Then copy the shared data so the clone stands alone (in the background, with progress).
+        #[arg(long)]
+        flatten: bool,
         #[arg(long)]
         json: bool,
     },
@@ -91,8 +112,29 @@ pub struct Create {
     /// Initiators allowed (repeat); none means every initiator.
     #[arg(long, value_name = "IQN")]
     allow: Vec<String>,
+    /// Snapshot reserve, percent of the size (0: unlimited; else 10–1000).
+    #[arg(long, value_name = "PCT")]
+    snapshot_reserve: Option<u32>,
+    /// When snapshots outgrow the reserve: delete-oldest (default) or offline.
+    #[arg(long, value_enum)]
+    reserve_policy: Option<Policy>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum Policy {
+    DeleteOldest,
+    Offline,
+}
+
+impl From<Policy> for api::ReservePolicy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::DeleteOldest => api::ReservePolicy::DeleteOldest,
+            Policy::Offline => api::ReservePolicy::Offline,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +214,15 @@ fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
             }
         );
     }
+    if v.snapshot_reserve_pct > 0 {
+        println!(
+            "reserve:     {}% of the size, {:?} when exceeded",
+            v.snapshot_reserve_pct, v.reserve_policy
+        );
+    }
+    if let Some(p) = &v.parent {
+        println!("clone of:    {p} (volume id @ snapshot id; `haven volume flatten` detaches it)");
+    }
     println!("sessions:    {}", v.sessions.len());
     for s in &v.sessions {
         println!(
@@ -202,7 +253,19 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
                 allow: c.allow,
                 chap: chap(c.chap_user, c.chap_secret, c.mutual_user, c.mutual_secret),
             };
-            let v: VolumeView = client.post("/v1/volumes", &req).await?;
+            let mut v: VolumeView = client.post("/v1/volumes", &req).await?;
+            if c.snapshot_reserve.is_some() || c.reserve_policy.is_some() {
+                let req = api::SetSnapshotReserve {
+                    percent: c.snapshot_reserve.unwrap_or(0),
+                    policy: c.reserve_policy.map(Into::into).unwrap_or_default(),
+                };
+                v = client
+                    .put(
+                        &format!("/v1/volumes/{}/snapshot-reserve", enc(&v.name)?),
+                        &req,
+                    )
+                    .await?;
+            }
             if c.json {
                 output::json(&v)
             } else {
@@ -318,7 +381,31 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
             }
             Ok(())
         }
-        VolumeCommand::Clone { source, name, json } => {
+        VolumeCommand::Reserve {
+            name,
+            percent,
+            policy,
+            json,
+        } => {
+            let req = api::SetSnapshotReserve {
+                percent,
+                policy: policy.into(),
+            };
+            let v: VolumeView = client
+                .put(
+                    &format!("/v1/volumes/{}/snapshot-reserve", enc(&name)?),
+                    &req,
+                )
+                .await?;
+            print(&v, json)
+        }
+        VolumeCommand::Flatten { name, no_wait } => flatten(&client, &name, no_wait).await,
+        VolumeCommand::Clone {
+            source,
+            name,
+            flatten: then_flatten,
+            json,
+        } => {
             let Some((vol, snap)) = source.split_once('@') else {
                 bail!("clone source {source:?} must be VOLUME@SNAPSHOT");
             };
@@ -329,14 +416,48 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
             let v: VolumeView = client
                 .post(&format!("/v1/volumes/{}/clone", enc(vol)?), &req)
                 .await?;
+            if !json {
+                println!("cloned {source} as {} ({})", v.name, v.iqn);
+            }
+            if then_flatten {
+                flatten(&client, &v.name, false).await?;
+            }
             if json {
                 output::json(&v)
             } else {
-                println!("cloned {source} as {} ({})", v.name, v.iqn);
                 Ok(())
             }
         }
     }
+}
+
+/// Start a flatten and, unless `no_wait`, follow it to the end with progress.
+async fn flatten(client: &api::Client, name: &str, no_wait: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/volumes/{}/flatten", enc(name)?);
+    let mut f: api::FlattenView = client.post(&path, &serde_json::json!({})).await?;
+    if no_wait {
+        println!(
+            "flattening {name} in the background; `haven volume show {name}` tells when it is done"
+        );
+        return Ok(());
+    }
+    let mut bar = crate::progress::Progress::new(&format!("flattening {name}"));
+    loop {
+        bar.update(f.done, f.total.max(f.done));
+        match f.state.as_str() {
+            "done" => break,
+            "failed" => {
+                bar.finish();
+                bail!("flatten of {name} failed: {}", f.error.unwrap_or_default());
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        f = client.get(&path).await?;
+    }
+    bar.finish();
+    println!("{name} flattened");
+    Ok(())
 }
 
 /// A name checked for use in a URL path.
