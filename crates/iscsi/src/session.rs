@@ -27,7 +27,10 @@ pub const MAX_TRANSFER: u32 = 32 << 20;
 /// Idle time before the target pings the initiator with a NOP-In.
 pub const NOP_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the initiator has to answer a ping before the connection is dropped.
-pub const NOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Generous on purpose: initiators driven by a synchronous API (libiscsi's test tool
+/// sleeps 60 s between polls in Sanitize.Reset) only read the socket when they send,
+/// and dropping them makes their next login a new I_T nexus with a fresh unit attention.
+pub const NOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reject reasons (RFC 7143 §11.17.1).
 pub mod reject {
@@ -127,6 +130,10 @@ struct Task {
     /// Outstanding R2Ts: (TTT, offset, length).
     r2ts: VecDeque<(u32, u32, u32)>,
     r2tsn: u32,
+    /// The Data-Out sequence in progress (its TTT; the reserved tag for unsolicited
+    /// data) and the DataSN its next PDU must carry.
+    seq_ttt: u32,
+    next_data_sn: u32,
     executing: bool,
     aborted: bool,
 }
@@ -349,6 +356,8 @@ impl Session {
             next_r2t_offset: immediate + unsolicited,
             r2ts: VecDeque::new(),
             r2tsn: 0,
+            seq_ttt: RESERVED_TAG,
+            next_data_sn: 0,
             executing: false,
             aborted: false,
         };
@@ -418,8 +427,30 @@ impl Session {
         let offset = pdu.get32(40);
         let len = pdu.data.len() as u32;
         let fin = pdu.final_bit();
+        let data_sn = pdu.get32(36);
         let ok = match self.tasks.get_mut(&itt) {
             Some(t) if t.write && !t.executing => {
+                if ttt != t.seq_ttt {
+                    t.seq_ttt = ttt;
+                    t.next_data_sn = 0;
+                }
+                if data_sn != t.next_data_sn {
+                    // A lost or reordered Data-Out. At ErrorRecoveryLevel 0 there is no
+                    // recovery R2T: the command fails (ABORTED COMMAND / DATA PHASE ERROR)
+                    // and any further Data-Out for it is rejected.
+                    tracing::debug!(
+                        itt,
+                        data_sn,
+                        expected = t.next_data_sn,
+                        "Data-Out DataSN out of sequence"
+                    );
+                    self.tasks.remove(&itt);
+                    let sense = crate::sense_bytes(0x0b, 0x4b, 0x00);
+                    let resp = self.scsi_response(itt, 0x02, Some(sense), 0, 0);
+                    out.push(Action::Send(resp));
+                    return;
+                }
+                t.next_data_sn = t.next_data_sn.wrapping_add(1);
                 let in_order = offset == t.buf.len() as u32
                     && offset.checked_add(len).is_some_and(|e| e <= t.edtl);
                 if !in_order {
@@ -468,6 +499,18 @@ impl Session {
 
     /// The driver finished executing `itt`.
     pub fn complete(&mut self, itt: u32, outcome: Outcome) -> Vec<Action> {
+        self.complete_with_described(itt, outcome, None)
+    }
+
+    /// As [`Session::complete`], with the number of Data-Out bytes the CDB described
+    /// (when the driver knows it): a write then reports the residual between that and
+    /// the expected data transfer length, overflow when the CDB wanted more.
+    pub fn complete_with_described(
+        &mut self,
+        itt: u32,
+        outcome: Outcome,
+        described_out: Option<u64>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(task) = self.tasks.remove(&itt) else {
             return out;
@@ -525,7 +568,10 @@ impl Session {
         let (flag, residual) = if task.read {
             residual(outcome.data.len(), edtl)
         } else if task.write {
-            (0, 0)
+            match described_out {
+                Some(n) => residual(usize::try_from(n).unwrap_or(usize::MAX), edtl),
+                None => (0, 0),
+            }
         } else if edtl > 0 {
             residual(0, edtl)
         } else {

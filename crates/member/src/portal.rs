@@ -121,7 +121,9 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Encoded>(512);
     let writer_task = tokio::spawn(writer(wr, rx));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, Outcome)>();
+    // A finished command: its ITT, the outcome and (for writes) how many Data-Out bytes
+    // the CDB described, for the residual.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, Outcome, Option<u64>)>();
     let (tmf_tx, mut tmf_rx) = mpsc::unbounded_channel::<(u32, Tmf, u8)>();
     let limits = TargetLimits::default();
     let mut codec = Codec {
@@ -133,6 +135,8 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let mut session_key: Option<(SessionKey, u64)> = None;
+    // The I_T nexus and volume of the session, for nexus loss when it ends.
+    let mut lost_on_end: Option<(NexusId, Arc<VolumeHandle>)> = None;
     let mut close_signal = Arc::new(tokio::sync::Notify::new());
     let registry = dir.registry.clone();
 
@@ -181,7 +185,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                                     isid: outcome.isid,
                                     target: outcome.target_name.clone(),
                                 };
-                                let (id, close) = registry.session_started(key.clone(), &local);
+                                let (id, close, reinstated) = registry.session_started(key.clone(), &local);
                                 session_key = Some((key, id));
                                 close_signal = close;
                                 let volume = outcome.target_name.as_deref().and_then(|t| registry.get(t));
@@ -201,6 +205,14 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                                     isid: outcome.isid,
                                     relative_target_port: dir.tpgt,
                                 };
+                                if let Some(vol) = &volume {
+                                    if reinstated {
+                                        // The old session's I_T nexus is gone (its reservation
+                                        // and unit attentions with it) before the new one acts.
+                                        vol.lu.nexus_lost(&nexus);
+                                    }
+                                    lost_on_end = Some((nexus.clone(), vol.clone()));
+                                }
                                 phase = Phase::Full {
                                     session: Session::new(outcome, Instant::now()),
                                     nexus,
@@ -214,9 +226,9 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     }
                 }
             }
-            Some((itt, outcome)) = done_rx.recv() => {
+            Some((itt, outcome, described)) = done_rx.recv() => {
                 if let Phase::Full { session, .. } = &mut phase {
-                    actions.extend(session.complete(itt, outcome));
+                    actions.extend(session.complete_with_described(itt, outcome, described));
                 }
             }
             Some((itt, f, code)) = tmf_rx.recv() => {
@@ -258,8 +270,12 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     let nexus = nexus.clone();
                     let done = done_tx.clone();
                     tokio::task::spawn_blocking(move || {
+                        let mut described = None;
                         let outcome = match parse_lun(cmd.lun) {
                             Some(0) => {
+                                if cmd.write && !cmd.read {
+                                    described = vol.lu.data_out_len(&cmd.cdb);
+                                }
                                 let r = vol.lu.execute(&nexus, &cmd.cdb, &cmd.data_out);
                                 Outcome {
                                     status: r.status,
@@ -269,7 +285,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                             }
                             _ => no_such_lun(&cmd.cdb, &vol.lu, &nexus),
                         };
-                        let _ = done.send((cmd.itt, outcome));
+                        let _ = done.send((cmd.itt, outcome, described));
                     });
                 }
                 Action::TaskManagement { itt, lun, function } => {
@@ -302,7 +318,12 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
         }
     }
     if let Some((key, id)) = session_key {
-        registry.session_ended(&key, id);
+        // A reinstated session's nexus was already dealt with when the new one logged in.
+        if registry.session_ended(&key, id) {
+            if let Some((nexus, vol)) = lost_on_end {
+                vol.lu.nexus_lost(&nexus);
+            }
+        }
     }
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;

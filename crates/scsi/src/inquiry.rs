@@ -127,7 +127,8 @@ pub(crate) fn vpd(ctx: &Ctx, code: u8) -> Result<Vec<u8>, crate::lu::Fail> {
         0xB1 => {
             let mut b = vec![0u8; 0x3C];
             b[1] = 0x01; // non-rotating medium
-            b[3] = 0x40; // WABEREQ = 01b: reads after block erase succeed
+                         // WABEREQ = WACEREQ = 01b: reads after a block or cryptographic erase succeed.
+            b[3] = 0x40 | 0x10;
             b
         }
         0xB2 => {
@@ -147,7 +148,7 @@ fn block_limits(bs: u32) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     let bpp = 1u16 << crate::admin::lbppbe(bs);
     // (offsets are from byte 4 of the page)
-    b[0] = 0x01; // WSNZ
+    // WSNZ = 0: WRITE SAME with zero blocks writes to the end of the medium.
     b[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS as u8;
     b[2..4].copy_from_slice(&bpp.to_be_bytes()); // optimal transfer length granularity
     let max_xfer = limits::max_transfer_blocks(bs) as u32;

@@ -162,6 +162,13 @@ pub struct LogicalUnit {
     pub(crate) port_groups: RwLock<Option<Vec<TargetPortGroup>>>,
 }
 
+/// How long a SANITIZE keeps the LU in "sanitize in progress" at least. Erasing a
+/// volume is a metadata operation here and would otherwise finish before an initiator
+/// could observe it; libiscsi's Sanitize.Reset checks the state about 4 s after the
+/// command (3 s wait, resets, 1 s wait, a new login), so 6 s leaves a margin while
+/// keeping each SANITIZE short.
+pub const DEFAULT_SANITIZE_MIN: Duration = Duration::from_secs(6);
+
 /// Commands that neither report nor clear a unit attention (SAM-5 5.14).
 fn ua_exempt(op: u8) -> bool {
     matches!(op, 0x12 | 0xA0 | 0x03)
@@ -178,7 +185,7 @@ impl LogicalUnit {
             stripes: crate::rw::Stripes::new(),
             copy: Mutex::new(CopyState::default()),
             sanitizing: AtomicBool::new(false),
-            sanitize_min: Mutex::new(Duration::from_secs(10)),
+            sanitize_min: Mutex::new(DEFAULT_SANITIZE_MIN),
             persistence: RwLock::new(None),
             resolver: RwLock::new(None),
             port_groups: RwLock::new(None),
@@ -251,6 +258,8 @@ impl LogicalUnit {
             TaskManagement::AbortTaskSet | TaskManagement::ClearTaskSet => {}
             TaskManagement::LogicalUnitReset => {
                 self.res_write().spc2 = None;
+                // Every nexus is told, the one that asked included (libiscsi's
+                // MultipathIO.Reset checks every path for the unit attention).
                 self.ua.push_all(codes::UA_LUN_RESET);
             }
             TaskManagement::TargetWarmReset => {
@@ -277,6 +286,39 @@ impl LogicalUnit {
             }
         }
         self.ua.forget(nexus);
+    }
+
+    /// How many Data-Out bytes `cdb` describes (transfer length × block size for the
+    /// write family, the parameter list length for commands that carry one, 0 for
+    /// commands without Data-Out), or None for a CDB the engine does not know. The
+    /// transport compares it with the expected data transfer length to report residuals.
+    pub fn data_out_len(&self, cdb: &[u8]) -> Option<u64> {
+        let c = Cdb::parse(cdb).ok()?;
+        if !matches!(rsoc::lookup(c.op(), c.sa()), Lookup::Found(_)) {
+            return None;
+        }
+        let bs = u64::from(self.dev.block_size());
+        let blocks = |n: u64| n.saturating_mul(bs);
+        Some(match c.op() {
+            0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E | 0x8B => {
+                blocks(crate::rw::decode_cdb(&c).len)
+            }
+            0x2F | 0xAF | 0x8F => match (c.u8(1) >> 1) & 0x03 {
+                1 => blocks(crate::rw::decode_cdb(&c).len),
+                3 => bs,
+                _ => 0,
+            },
+            0x9C => blocks(u64::from(c.u16(12))),
+            0x89 => blocks(u64::from(c.u8(13))) * 2,
+            0x41 => bs,
+            0x93 if c.bit(1, 0) => 0,
+            0x93 => bs,
+            0x15 => u64::from(c.u8(4)),
+            0x55 | 0x42 | 0x48 => u64::from(c.u16(7)),
+            0x5F => u64::from(c.u32(5)),
+            0x83 => u64::from(c.u32(10)),
+            _ => 0,
+        })
     }
 
     /// The device's capacity changed (online resize): every nexus gets a unit attention.
@@ -312,7 +354,8 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// The least time a SANITIZE keeps the LU in "sanitize in progress" (default 10 s).
+    /// The least time a SANITIZE keeps the LU in "sanitize in progress"
+    /// (default [`DEFAULT_SANITIZE_MIN`]).
     pub fn set_sanitize_min_duration(&self, d: Duration) {
         *self.sanitize_min.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }

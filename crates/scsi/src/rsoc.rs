@@ -75,6 +75,7 @@ pub(crate) static COMMANDS: &[CmdInfo] = &[
     c(0x42, 10, Write),       // UNMAP
     s(0x48, 0x01, 10, Write), // SANITIZE OVERWRITE
     s(0x48, 0x02, 10, Write), // SANITIZE BLOCK ERASE
+    s(0x48, 0x03, 10, Write), // SANITIZE CRYPTOGRAPHIC ERASE
     s(0x48, 0x1F, 10, Write), // SANITIZE EXIT FAILURE MODE
     c(0x55, 10, Write),       // MODE SELECT(10)
     c(0x56, 10, Spc2),        // RESERVE(10)
@@ -275,7 +276,7 @@ mod tests {
             }
         }
         assert!(matches!(lookup(0x5E, 9), Lookup::BadServiceAction));
-        assert!(matches!(lookup(0x48, 3), Lookup::BadServiceAction));
+        assert!(matches!(lookup(0x48, 4), Lookup::BadServiceAction));
         assert!(matches!(lookup(0xFF, 0), Lookup::Unknown));
     }
 }

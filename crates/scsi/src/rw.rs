@@ -52,7 +52,10 @@ pub(crate) struct Rw {
 }
 
 pub(crate) fn decode(ctx: &Ctx) -> Rw {
-    let c = &ctx.cdb;
+    decode_cdb(&ctx.cdb)
+}
+
+pub(crate) fn decode_cdb(c: &crate::cdb::Cdb) -> Rw {
     match c.len() {
         6 => {
             let len = u64::from(c.u8(4));
@@ -229,6 +232,11 @@ pub(crate) fn compare_and_write(ctx: &Ctx) -> CmdResult {
     }
     check_range(ctx, lba, n)?;
     if n == 0 {
+        // Nothing to compare; Data-Out sent anyway means the CDB does not describe it
+        // (e.g. an initiator that put 256 blocks in the 8-bit field).
+        if !ctx.data.is_empty() {
+            return Err(invalid_cdb_field(13, None).into());
+        }
         return Ok(Reply::good());
     }
     let half = bytes_for(ctx, n)?;

@@ -1,8 +1,14 @@
-//! SANITIZE: OVERWRITE, BLOCK ERASE and EXIT FAILURE MODE (no CRYPTOGRAPHIC ERASE).
+//! SANITIZE: OVERWRITE, BLOCK ERASE, CRYPTOGRAPHIC ERASE and EXIT FAILURE MODE.
 //!
 //! The command runs in the caller's thread; while it does (and for at least the LU's
 //! minimum sanitize duration) every other command but INQUIRY, REPORT LUNS and
 //! REQUEST SENSE gets NOT READY / SANITIZE IN PROGRESS. Resets do not stop it.
+//!
+//! Volumes are not encrypted, so there is no key to destroy: CRYPTOGRAPHIC ERASE
+//! deallocates every block, exactly like BLOCK ERASE (reads then return zeros).
+//!
+//! Every CDB and parameter check happens before the LU enters the sanitize state, so
+//! a refused command is answered at once.
 
 use crate::cdb::{be16, byte};
 use crate::lu::{CmdResult, Ctx, Fail, Reply};
@@ -12,14 +18,22 @@ use std::time::Instant;
 
 const OVERWRITE: u8 = 0x01;
 const BLOCK_ERASE: u8 = 0x02;
+const CRYPTO_ERASE: u8 = 0x03;
 const EXIT_FAILURE_MODE: u8 = 0x1F;
 
 pub(crate) fn sanitize(ctx: &Ctx) -> CmdResult {
     let sa = ctx.cdb.sa();
     let plen = usize::from(ctx.cdb.u16(7));
     let bs = ctx.dev().block_size() as usize;
+    // Byte 1 bit 6 and bytes 2..=6 are reserved.
+    if ctx.cdb.bit(1, 6) {
+        return Err(invalid_cdb_field(1, Some(6)).into());
+    }
+    if let Some(i) = (2..=6).find(|&i| ctx.cdb.u8(i) != 0) {
+        return Err(invalid_cdb_field(i as u16, None).into());
+    }
     match sa {
-        BLOCK_ERASE | EXIT_FAILURE_MODE => {
+        BLOCK_ERASE | CRYPTO_ERASE | EXIT_FAILURE_MODE => {
             if plen != 0 {
                 return Err(invalid_cdb_field(7, None).into());
             }

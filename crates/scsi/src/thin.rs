@@ -71,13 +71,19 @@ pub(crate) fn write_same(ctx: &Ctx) -> CmdResult {
     }
     ctx.check_writable()?;
     check_range(ctx, lba, len)?;
-    if len == 0 {
-        return Err(invalid_cdb_field(len_byte, None).into()); // WSNZ
-    }
+    // WSNZ is 0: NUMBER OF LOGICAL BLOCKS 0 means "to the last LBA" (SBC-4 5.48).
+    let len = if len == 0 {
+        ctx.dev().num_blocks() - lba
+    } else {
+        len
+    };
     if len > limits::MAX_WRITE_SAME_BLOCKS {
         return Err(invalid_cdb_field(len_byte, None).into());
     }
     let bs = ctx.dev().block_size() as usize;
+    if len == 0 {
+        return Ok(Reply::good());
+    }
     let block: Vec<u8> = if ndob {
         vec![0u8; bs]
     } else {
@@ -86,8 +92,10 @@ pub(crate) fn write_same(ctx: &Ctx) -> CmdResult {
         }
         ctx.data.to_vec()
     };
-    let zero = block.iter().all(|&b| b == 0);
-    if unmap && zero && ctx.dev().thin() {
+    // UNMAP set on a thin volume: the range is deallocated whatever the Data-Out block
+    // holds (reads then return zeros, LBPRZ=1), as SBC-3 and libiscsi's
+    // WriteSame*.UnmapUntilEnd expect.
+    if unmap && ctx.dev().thin() {
         let _g = ctx.lu.stripes.lock(lba, len);
         ctx.dev().unmap(lba, len).map_err(|e| ctx.dev_fail(e))?;
         return Ok(Reply::good());

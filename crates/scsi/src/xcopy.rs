@@ -47,21 +47,19 @@ fn copy_dev_err(e: DeviceError) -> Fail {
     }
 }
 
-/// Parses and checks one identification-descriptor CSCD; resolution happens later.
-fn check_target(d: &[u8], at: usize) -> Result<(), Fail> {
+/// Checks one CSCD descriptor's type; resolution happens later. The LU ID TYPE and
+/// LU IDENTIFIER fields (byte 1 bits 7:6, bytes 2-3) are ignored: SPC-4 made them
+/// obsolete for identification descriptors, which name the LU by their designator.
+fn check_target(d: &[u8]) -> Result<(), Fail> {
     match d[0] {
-        0xE4 => {}
-        _ => return Err(codes::UNSUPPORTED_TARGET_DESCRIPTOR.into()),
+        0xE4 => Ok(()),
+        _ => Err(codes::UNSUPPORTED_TARGET_DESCRIPTOR.into()),
     }
-    if d[1] >> 6 >= 2 {
-        return Err(invalid_param_field((at + 1) as u16, Some(6)).into());
-    }
-    Ok(())
 }
 
 fn resolve(ctx: &Ctx, d: &[u8]) -> Result<Target, Fail> {
-    if d[1] & 0x20 != 0 || d[1] & 0x1F != 0 || d[1] >> 6 != 0 {
-        // NUL target, a non-block device or a proxy token: nothing we can copy to.
+    if d[1] & 0x20 != 0 || d[1] & 0x1F != 0 {
+        // NUL target or a non-block peripheral device type: nothing we can copy to.
         return Err(aborted(codes::COPY_TARGET_NOT_REACHABLE));
     }
     let dtype = d[5] & 0x0F;
@@ -130,8 +128,8 @@ pub(crate) fn extended_copy(ctx: &Ctx) -> CmdResult {
     if tgts.len() > MAX_TARGET_DESCRIPTORS {
         return Err(codes::TOO_MANY_TARGET_DESCRIPTORS.into());
     }
-    for (i, t) in tgts.iter().enumerate() {
-        check_target(t, 16 + i * 32)?;
+    for t in &tgts {
+        check_target(t)?;
     }
     let segs_raw = &p[16 + tgt_len..16 + tgt_len + seg_len];
     let mut segs = Vec::new();

@@ -249,10 +249,14 @@ fn unmap_write_same_and_lba_status() {
         lu.execute(&n, &cdb10(0x28, 100, 3), &[]).data,
         vec![7u8; 1536]
     );
-    // Zero blocks is refused (WSNZ) and wrong Data-Out size too.
+    // Zero blocks (WSNZ 0) writes to the last LBA; a wrong Data-Out size is refused.
     assert_eq!(
-        sense(&lu.execute(&n, &cdb10(0x41, 0, 0), &[0u8; 512])),
-        (5, 0x24, 0)
+        lu.execute(&n, &cdb10(0x41, 4090, 0), &[9u8; 512]).status,
+        status::GOOD
+    );
+    assert_eq!(
+        lu.execute(&n, &cdb10(0x28, 4090, 6), &[]).data,
+        vec![9u8; 3072]
     );
     assert_eq!(sense(&lu.execute(&n, &ws10, &[0u8; 10])), (5, 0x24, 0));
 }
@@ -550,7 +554,7 @@ fn sanitize_overwrite_and_block_erase() {
     let c = [0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(lu.execute(&a, &c, &[]).status, status::GOOD);
     assert_eq!(dev.mapped_blocks(), 0);
-    let c = [0x48, 0x03, 0, 0, 0, 0, 0, 0, 0, 0];
+    let c = [0x48, 0x04, 0, 0, 0, 0, 0, 0, 0, 0];
     assert_eq!(sense(&lu.execute(&a, &c, &[])), (5, 0x24, 0));
 }
 
