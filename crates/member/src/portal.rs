@@ -17,6 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// How long an initiator asked to log out (Async Message) has before the connection closes.
+const LOGOUT_GRACE: Duration = Duration::from_secs(2);
+
 /// A login must finish within this time, or the connection is dropped.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -138,6 +141,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     // The I_T nexus and volume of the session, for nexus loss when it ends.
     let mut lost_on_end: Option<(NexusId, Arc<VolumeHandle>)> = None;
     let mut close_signal = Arc::new(tokio::sync::Notify::new());
+    let mut logout_deadline: Option<tokio::time::Instant> = None;
     let registry = dir.registry.clone();
 
     'conn: loop {
@@ -237,6 +241,10 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                 }
             }
             _ = tick.tick() => {
+                if logout_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    tracing::info!(%peer, "closing the session the member asked to end");
+                    break 'conn;
+                }
                 match &mut phase {
                     Phase::Full { session, .. } => actions.extend(session.tick(Instant::now())),
                     Phase::Login(_) if tokio::time::Instant::now() > login_deadline => {
@@ -246,9 +254,17 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     Phase::Login(_) => {}
                 }
             }
-            _ = close_signal.notified() => {
-                tracing::info!(%peer, "session closed by the member (reinstated or volume removed)");
-                break 'conn;
+            _ = close_signal.notified(), if logout_deadline.is_none() => {
+                // Reinstated, or its volume went away: ask the initiator to log out (Async
+                // Message), then close after a short grace whether it did or not.
+                match &mut phase {
+                    Phase::Full { session, .. } => {
+                        tracing::info!(%peer, "asking the initiator to log out (session reinstated or target removed)");
+                        actions.extend(session.request_logout(LOGOUT_GRACE.as_secs() as u16));
+                        logout_deadline = Some(tokio::time::Instant::now() + LOGOUT_GRACE);
+                    }
+                    Phase::Login(_) => break 'conn,
+                }
             }
         }
         let Phase::Full { nexus, volume, .. } = &phase else {
