@@ -90,7 +90,7 @@ pub struct VolumeView {
     /// The clone's origin, `VOLUME@SNAPSHOT` ids.
     #[serde(default)]
     pub parent: Option<String>,
-    /// Snapshot reserve in percent of the size (0: unlimited).
+    /// Snapshot reserve in percent of the size.
     #[serde(default)]
     pub snapshot_reserve_pct: u32,
     #[serde(default)]
@@ -224,7 +224,7 @@ pub struct PoolView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetSnapshotReserve {
-    /// Percent of the volume's size (0: unlimited; else 10 to 1000).
+    /// Percent of the volume's size (10 to 1000; the default is 100).
     pub percent: u32,
     /// `delete-oldest` (default) or `offline`.
     #[serde(default)]

@@ -69,12 +69,19 @@ pub struct Volume {
     /// The snapshot the latest restore rolled back to.
     #[serde(default)]
     pub restored_from: Option<u64>,
-    /// Snapshot reserve in percent of the size (0: unlimited; else at least 10).
-    #[serde(default)]
+    /// Snapshot reserve in percent of the size (10–1000; EqualLogic's default is 100).
+    #[serde(default = "default_reserve_pct")]
     pub snapshot_reserve_pct: u32,
     /// What happens when snapshots outgrow the reserve.
     #[serde(default)]
     pub reserve_policy: ReservePolicy,
+}
+
+/// The snapshot reserve a volume starts with: as large as the volume (EqualLogic's default).
+pub const DEFAULT_RESERVE_PCT: u32 = 100;
+
+fn default_reserve_pct() -> u32 {
+    DEFAULT_RESERVE_PCT
 }
 
 /// EqualLogic's choices when a volume's snapshots outgrow its reserve.
@@ -309,7 +316,7 @@ impl ClusterState {
                     parent: None,
                     restore_generation: 0,
                     restored_from: None,
-                    snapshot_reserve_pct: 0,
+                    snapshot_reserve_pct: DEFAULT_RESERVE_PCT,
                     reserve_policy: ReservePolicy::default(),
                 };
                 self.volumes.insert(name, vol.clone());
@@ -365,10 +372,10 @@ impl ClusterState {
                 let Some(vol) = self.volumes.get_mut(&name) else {
                     return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
                 };
-                if pct != 0 && !(10..=1000).contains(&pct) {
+                if !(10..=1000).contains(&pct) {
                     return refuse(
                         RefusalKind::Invalid,
-                        format!("snapshot reserve {pct}% must be 0 (unlimited) or 10% to 1000%"),
+                        format!("snapshot reserve {pct}% must be between 10% and 1000% of the volume's size"),
                     );
                 }
                 vol.snapshot_reserve_pct = pct;
@@ -507,7 +514,7 @@ impl ClusterState {
                     }),
                     restore_generation: 0,
                     restored_from: None,
-                    snapshot_reserve_pct: 0,
+                    snapshot_reserve_pct: DEFAULT_RESERVE_PCT,
                     reserve_policy: ReservePolicy::default(),
                 };
                 self.volumes.insert(name, vol.clone());

@@ -50,7 +50,7 @@ pub enum VolumeCommand {
     /// Set the snapshot reserve and what happens when snapshots outgrow it.
     Reserve {
         name: String,
-        /// Percent of the volume's size (0: unlimited; else 10–1000).
+        /// Percent of the volume's size (10–1000; default 100).
         #[arg(long)]
         percent: u32,
         #[arg(long, value_enum, default_value = "delete-oldest")]
@@ -112,7 +112,7 @@ pub struct Create {
     /// Initiators allowed (repeat); none means every initiator.
     #[arg(long, value_name = "IQN")]
     allow: Vec<String>,
-    /// Snapshot reserve, percent of the size (0: unlimited; else 10–1000).
+    /// Snapshot reserve, percent of the size (10–1000; default 100).
     #[arg(long, value_name = "PCT")]
     snapshot_reserve: Option<u32>,
     /// When snapshots outgrow the reserve: delete-oldest (default) or offline.
@@ -214,12 +214,10 @@ fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
             }
         );
     }
-    if v.snapshot_reserve_pct > 0 {
-        println!(
-            "reserve:     {}% of the size, {:?} when exceeded",
-            v.snapshot_reserve_pct, v.reserve_policy
-        );
-    }
+    println!(
+        "reserve:     {}% of the size for snapshots, {:?} when exceeded",
+        v.snapshot_reserve_pct, v.reserve_policy
+    );
     if let Some(p) = &v.parent {
         println!("clone of:    {p} (volume id @ snapshot id; `haven volume flatten` detaches it)");
     }
@@ -256,7 +254,7 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
             let mut v: VolumeView = client.post("/v1/volumes", &req).await?;
             if c.snapshot_reserve.is_some() || c.reserve_policy.is_some() {
                 let req = api::SetSnapshotReserve {
-                    percent: c.snapshot_reserve.unwrap_or(0),
+                    percent: c.snapshot_reserve.unwrap_or(100),
                     policy: c.reserve_policy.map(Into::into).unwrap_or_default(),
                 };
                 v = client
