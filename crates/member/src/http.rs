@@ -226,16 +226,17 @@ async fn apply(m: &Member, cmd: Command) -> Result<Outcome, ApiError> {
 }
 
 /// Wait until this member's registry serves `name` (it follows the applied state).
-async fn settled(m: &Member, v: &control::Volume) {
-    for _ in 0..100 {
-        if m.registry
+async fn settled(m: &Member, v: &control::Volume) -> Result<(), ApiError> {
+    applied(format!("volume {}", v.name), || {
+        m.registry
             .get(&v.iqn())
             .is_some_and(|h| h.volume.read().unwrap().size == v.size)
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            && m.registry
+                .store()
+                .volume(v.id)
+                .is_ok_and(|sv| scsi::BlockDevice::num_blocks(&*sv) * v.block_size as u64 >= v.size)
+    })
+    .await
 }
 
 async fn create_volume(
@@ -259,7 +260,7 @@ async fn create_volume(
     };
     match apply(&m, cmd).await? {
         Outcome::Volume(v) => {
-            settled(&m, &v).await;
+            settled(&m, &v).await?;
             Ok((StatusCode::CREATED, Json(view(&m, &v))))
         }
         _ => Err(ApiError(
@@ -334,7 +335,7 @@ async fn resize_volume(
     .await?
     {
         Outcome::Volume(v) => {
-            settled(&m, &v).await;
+            settled(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
         _ => Err(ApiError(
@@ -400,13 +401,30 @@ fn now() -> u64 {
 }
 
 /// Wait until this member serves the target `iqn` (snapshots follow the applied state).
-async fn serving(m: &Member, iqn: &str) {
-    for _ in 0..250 {
-        if m.registry.get(iqn).is_some() {
-            return;
+/// How long a change may take to reach this member's store before the API gives up
+/// waiting (the change stays committed and is still applied).
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Poll `done` until it holds; an error if this member has not applied the change in time.
+/// The API answers only once the change is in effect here: a snapshot it reports taken
+/// holds no write acknowledged after the answer.
+async fn applied(what: String, mut done: impl FnMut() -> bool) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                "indeterminate",
+                format!("{what} is recorded but this member has not applied it within {}s; see the member log", APPLY_WAIT.as_secs()),
+            ));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    Ok(())
+}
+
+async fn serving(m: &Member, iqn: &str) -> Result<(), ApiError> {
+    applied(format!("target {iqn}"), || m.registry.get(iqn).is_some()).await
 }
 
 async fn list_snapshots(
@@ -457,7 +475,7 @@ async fn create_snapshot(
     .await?
     {
         Outcome::Snapshot(s) => {
-            serving(&m, &s.iqn()).await;
+            serving(&m, &s.iqn()).await?;
             Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
         }
         _ => Err(ApiError(
@@ -511,7 +529,7 @@ async fn restore_volume(
     .await?
     {
         Outcome::Volume(v) => {
-            wait_restored(&m, &v).await;
+            wait_restored(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
         _ => Err(ApiError(
@@ -539,7 +557,7 @@ async fn clone_volume(
     .await?
     {
         Outcome::Volume(v) => {
-            settled(&m, &v).await;
+            settled(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
         _ => Err(ApiError(
@@ -551,13 +569,11 @@ async fn clone_volume(
 }
 
 /// Wait until this member has rolled the volume back.
-async fn wait_restored(m: &Member, v: &control::Volume) {
-    for _ in 0..500 {
-        if m.registry.restored_generation(v.id) >= v.restore_generation {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+async fn wait_restored(m: &Member, v: &control::Volume) -> Result<(), ApiError> {
+    applied(format!("the restore of {}", v.name), || {
+        m.registry.restored_generation(v.id) >= v.restore_generation
+    })
+    .await
 }
 
 async fn scrub_volume(
