@@ -38,6 +38,18 @@ pub mod status {
     pub const TARGET_ERROR: u16 = 0x0300;
 }
 
+/// The largest data segment an initiator accepts during login (the RFC 7143 default).
+const LOGIN_MAX_RECV: usize = 8192;
+
+/// The rest of a long Login Response.
+struct PendingOut {
+    rest: Bytes,
+    /// The response as built (header, flags), whose data is being sent in pieces.
+    template: Pdu,
+    /// Set when the last piece completes the login.
+    outcome: Option<LoginOutcome>,
+}
+
 /// The session a completed login opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginOutcome {
@@ -96,6 +108,8 @@ pub struct Login {
     auth: Auth,
     required: Option<ChapSecrets>,
     pending: Vec<u8>,
+    /// A response too long for one PDU: the rest, sent one chunk per (empty) request.
+    pending_out: Option<Box<PendingOut>>,
     declared_limits: bool,
 }
 
@@ -119,6 +133,7 @@ impl Login {
             auth: Auth::Start,
             required: None,
             pending: Vec::new(),
+            pending_out: None,
             declared_limits: false,
         }
     }
@@ -165,6 +180,63 @@ impl Login {
 
     /// Consume one Login Request.
     pub fn step(&mut self, req: &Pdu, dir: &dyn Directory) -> LoginStep {
+        if self.pending_out.is_some() {
+            return self.next_chunk(req);
+        }
+        let step = self.step_inner(req, dir);
+        self.split(step)
+    }
+
+    /// A response longer than the initiator accepts during login (8192 bytes) goes out in
+    /// pieces with the C bit; the initiator asks for each next piece with an empty request.
+    fn split(&mut self, step: LoginStep) -> LoginStep {
+        let (p, outcome) = match step {
+            LoginStep::Continue(p) if p.data.len() > LOGIN_MAX_RECV => (p, None),
+            LoginStep::Done(p, o) if p.data.len() > LOGIN_MAX_RECV => (p, Some(o)),
+            s => return s,
+        };
+        let mut first = p.clone();
+        first.data = p.data.slice(..LOGIN_MAX_RECV);
+        first.set_flags((p.flags() & 0x0c) | flags::CONTINUE);
+        self.pending_out = Some(Box::new(PendingOut {
+            rest: p.data.slice(LOGIN_MAX_RECV..),
+            template: p,
+            outcome,
+        }));
+        LoginStep::Continue(first)
+    }
+
+    fn next_chunk(&mut self, req: &Pdu) -> LoginStep {
+        let Some(mut po) = self.pending_out.take() else {
+            return self.fail(req, status::INITIATOR_ERROR, &[]);
+        };
+        if req.opcode() != Some(Opcode::LoginRequest) || !req.data.is_empty() {
+            // While the target's text continues, the initiator sends empty requests only.
+            return self.fail(req, status::INITIATOR_ERROR, &[]);
+        }
+        let n = po.rest.len().min(LOGIN_MAX_RECV);
+        let mut p = po.template.clone();
+        p.set_itt(req.itt());
+        p.set_stat_sn(self.stat_sn);
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        p.data = po.rest.slice(..n);
+        po.rest = po.rest.slice(n..);
+        if !po.rest.is_empty() {
+            p.set_flags((po.template.flags() & 0x0c) | flags::CONTINUE);
+            self.pending_out = Some(po);
+            return LoginStep::Continue(p);
+        }
+        // The last piece carries the original T bit and stage.
+        match po.outcome {
+            Some(mut o) => {
+                o.stat_sn = self.stat_sn;
+                LoginStep::Done(p, o)
+            }
+            None => LoginStep::Continue(p),
+        }
+    }
+
+    fn step_inner(&mut self, req: &Pdu, dir: &dyn Directory) -> LoginStep {
         if req.opcode() != Some(Opcode::LoginRequest) {
             // Anything but a Login Request during login ends it.
             return self.fail(req, status::INVALID_REQUEST_DURING_LOGIN, &[]);
