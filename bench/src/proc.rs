@@ -209,11 +209,19 @@ mod tests {
         let me = std::process::id();
         // SAFETY: getpgid(0) has no preconditions.
         let pgid = unsafe { libc::getpgid(0) } as u32;
+        // Work until the kernel has counted at least one tick (10 ms) for the group.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while group_cpu_seconds(pgid) <= 0.0 && start.elapsed() < std::time::Duration::from_secs(5)
+        {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
         }
         assert!(x != 1 || me == 0);
-        assert!(group_cpu_seconds(pgid) > 0.0);
+        assert!(
+            group_cpu_seconds(pgid) > 0.0,
+            "no CPU counted for our own group after 5 s of work"
+        );
     }
 }
