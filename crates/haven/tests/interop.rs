@@ -33,31 +33,8 @@ fn qemu_img_round_trip_of_1gib_of_random_data_is_byte_identical() {
     let back = lab.tmp.path().join("back.img");
     write_random(&src, 1 << 30, 7);
     let url = lab.iscsi_url("big");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &url,
-        ],
-    );
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-        ],
-    );
+    qemu_img_put(src.to_str().unwrap(), &url);
+    qemu_img_get(&url, back.to_str().unwrap());
     assert_eq!(std::fs::metadata(&back).unwrap().len(), 1 << 30);
     assert!(same_prefix(&src, &back, 1 << 30), "1 GiB read back differs");
     // qemu-img compare agrees.
@@ -99,19 +76,7 @@ fn a_qemu_guest_reads_and_writes_a_haven_volume_as_its_virtio_disk() {
     let pattern = lab.tmp.path().join("first.bin");
     write_random(&pattern, 1 << 20, 99);
     let url = lab.iscsi_url("gdisk");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            pattern.to_str().unwrap(),
-            &url,
-        ],
-    );
+    qemu_img_put(pattern.to_str().unwrap(), &url);
 
     let o = Command::new("timeout")
         .args([
@@ -153,18 +118,7 @@ fn a_qemu_guest_reads_and_writes_a_haven_volume_as_its_virtio_disk() {
 
     // What the guest wrote is on the volume.
     let back = lab.tmp.path().join("back.bin");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-        ],
-    );
+    qemu_img_get(&url, back.to_str().unwrap());
     let bytes = std::fs::read(&back).unwrap();
     assert!(
         bytes[..1 << 20].iter().all(|&b| b == 0x5a),

@@ -26,31 +26,8 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     let back = lab.tmp.path().join("back.img");
     write_random(&src, 8 << 20, 42);
     let url = lab.iscsi_url("vol1");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &url,
-        ],
-    );
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-        ],
-    );
+    qemu_img_put(src.to_str().unwrap(), &url);
+    qemu_img_get(&url, back.to_str().unwrap());
     let a = std::fs::read(&src).unwrap();
     let b = std::fs::read(&back).unwrap();
     assert_eq!(b.len(), 64 << 20);
@@ -70,18 +47,7 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     );
     assert_eq!(before["api"], after["api"]);
     assert_eq!(after["members"][0]["state"], "running");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-        ],
-    );
+    qemu_img_get(&url, back.to_str().unwrap());
     assert!(
         a[..] == std::fs::read(&back).unwrap()[..a.len()],
         "data lost across lab down/up"
@@ -95,18 +61,7 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
     assert!(o.status.success(), "{}", stderr(&o));
     let ls = run_tool("iscsi-ls", &["-s", &format!("iscsi://{}", lab.portal)]);
     assert!(ls.contains("iqn.2026-11.org.haven:vol1"), "{ls}");
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &url,
-            back.to_str().unwrap(),
-        ],
-    );
+    qemu_img_get(&url, back.to_str().unwrap());
     assert!(
         a[..] == std::fs::read(&back).unwrap()[..a.len()],
         "data lost across kill/start"

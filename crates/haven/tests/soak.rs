@@ -43,19 +43,7 @@ fn many_clients_read_and_write_without_error_and_memory_stays_flat() {
     // Fill it so reads touch data, not holes.
     let fill = lab.tmp.path().join("fill.img");
     write_random(&fill, 256 << 20, 3);
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            fill.to_str().unwrap(),
-            &url,
-        ],
-    );
+    qemu_img_put(fill.to_str().unwrap(), &url);
     let pid: i32 = std::fs::read_to_string(lab.dir.join("member-1/pid"))
         .unwrap()
         .trim()

@@ -59,19 +59,7 @@ fn snapshots_each_read_their_own_content_through_their_targets() {
     // Background data, so snapshots share real extents.
     let src = lab.tmp.path().join("fill.img");
     write_random(&src, fill as usize, 11);
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &lab.iscsi_url("snapvol"),
-        ],
-    );
+    qemu_img_put(src.to_str().unwrap(), &lab.iscsi_url("snapvol"));
     std::fs::remove_file(&src).unwrap();
 
     let units = bytes / 4096;
@@ -139,19 +127,7 @@ fn unmap_and_snapshot_deletion_give_space_back() {
     let before = du_kib(&data);
     let src = lab.tmp.path().join("g.img");
     write_random(&src, 1 << 30, 5);
-    run_tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            src.to_str().unwrap(),
-            &url,
-        ],
-    );
+    qemu_img_put(src.to_str().unwrap(), &url);
     std::fs::remove_file(&src).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // let the checkpointer move the journal into extents
     let written = du_kib(&data);

@@ -54,6 +54,15 @@ fn refused(kind: RefusalKind, message: String) -> ApiError {
     }
 }
 
+/// A command answered with an outcome of another kind than it produces: a bug.
+fn unexpected(o: Outcome) -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected outcome {o:?}"),
+    )
+}
+
 fn not_found(name: &str) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
@@ -263,11 +272,7 @@ async fn create_volume(
             settled(&m, &v).await?;
             Ok((StatusCode::CREATED, Json(view(&m, &v))))
         }
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -338,11 +343,7 @@ async fn resize_volume(
             settled(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -361,11 +362,7 @@ async fn set_acl(
     .await?
     {
         Outcome::Volume(v) => Ok(Json(view(&m, &v))),
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -377,11 +374,7 @@ async fn set_chap(
     let chap = chap_of(req.chap)?;
     match apply(&m, Command::SetChap { name, chap }).await? {
         Outcome::Volume(v) => Ok(Json(view(&m, &v))),
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -478,11 +471,7 @@ async fn create_snapshot(
             serving(&m, &s.iqn()).await?;
             Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
         }
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -532,11 +521,7 @@ async fn restore_volume(
             wait_restored(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -560,11 +545,7 @@ async fn clone_volume(
             settled(&m, &v).await?;
             Ok(Json(view(&m, &v)))
         }
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -618,11 +599,7 @@ async fn set_snapshot_reserve(
     .await?
     {
         Outcome::Volume(v) => Ok(Json(view(&m, &v))),
-        _ => Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome".into(),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 

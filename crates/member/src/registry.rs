@@ -82,6 +82,19 @@ pub fn naa_for_snapshot(s: &Snapshot, created: u64) -> [u8; 16] {
     naa
 }
 
+/// A number kept per volume in a marker file, cached in `cache` (0 when there is none).
+fn cached_marker(cache: &Mutex<HashMap<u64, u64>>, id: u64, path: &Path) -> u64 {
+    if let Some(g) = cache.lock().unwrap().get(&id) {
+        return *g;
+    }
+    let g = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    cache.lock().unwrap().insert(id, g);
+    g
+}
+
 fn store_err(e: store::Error) -> std::io::Error {
     std::io::Error::other(e)
 }
@@ -135,15 +148,7 @@ impl Registry {
 
     /// The restore generation this member has applied to volume `id`.
     pub fn restored_generation(&self, id: u64) -> u64 {
-        if let Some(g) = self.restored.lock().unwrap().get(&id) {
-            return *g;
-        }
-        let g = std::fs::read_to_string(self.restore_marker(id))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        self.restored.lock().unwrap().insert(id, g);
-        g
+        cached_marker(&self.restored, id, &self.restore_marker(id))
     }
 
     fn snap_marker(&self, id: u64) -> PathBuf {
@@ -153,15 +158,7 @@ impl Registry {
     }
 
     fn snapshot_high_water(&self, id: u64) -> u64 {
-        if let Some(g) = self.snap_high.lock().unwrap().get(&id) {
-            return *g;
-        }
-        let g = std::fs::read_to_string(self.snap_marker(id))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        self.snap_high.lock().unwrap().insert(id, g);
-        g
+        cached_marker(&self.snap_high, id, &self.snap_marker(id))
     }
 
     /// EXTENDED COPY targets: the devices of the volumes served here, by NAA designator.

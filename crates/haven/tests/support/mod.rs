@@ -163,6 +163,19 @@ pub fn run_tool(cmd: &str, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// Copy the raw image `src` onto the volume at `url` (qemu-img, the volume's size kept).
+pub fn qemu_img_put(src: &str, url: &str) {
+    run_tool(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", src, url],
+    );
+}
+
+/// Copy the whole volume at `url` into the raw image `dst`.
+pub fn qemu_img_get(url: &str, dst: &str) {
+    run_tool("qemu-img", &["convert", "-f", "raw", "-O", "raw", url, dst]);
+}
+
 pub fn write_random(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(len);
