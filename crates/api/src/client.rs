@@ -69,6 +69,12 @@ impl Client {
         }
     }
 
+    /// The same client with another per-request timeout (30 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn urls(&self) -> &[String] {
         &self.urls
     }

@@ -22,14 +22,34 @@
 //! | POST | `/v1/volumes/{name}/scrub` | → [`ScrubView`] |
 //! | PUT | `/v1/volumes/{name}/snapshot-reserve` | [`SetSnapshotReserve`] → [`VolumeView`] |
 //! | POST, GET | `/v1/volumes/{name}/flatten` | → [`FlattenView`] (starts / reports a background flatten) |
+//! | GET, POST | `/v1/hosts` | → `[HostView]` / [`control::Host`] (a host agent registers) |
+//! | POST | `/v1/hosts/{name}/drain`, `/undrain` | → `[control::Migration]` / [`HostView`] |
+//! | GET | `/v1/compute` | → [`ComputeState`] (what host agents follow) |
+//! | GET, POST | `/v1/vms` | → `[VmView]` / [`DefineVm`] → [`VmView`] |
+//! | GET, DELETE | `/v1/vms/{name}` | → [`VmView`] / `{}` |
+//! | POST | `/v1/vms/{name}/start` | [`StartVm`] → [`VmView`] (once it runs) |
+//! | POST | `/v1/vms/{name}/stop` | [`StopVm`] → [`VmView`] (once it stopped) |
+//! | POST | `/v1/vms/{name}/disks` | [`AttachDisk`] → [`VmView`] |
+//! | DELETE | `/v1/vms/{name}/disks/{volume}?force=true` | → [`VmView`] |
+//! | GET | `/v1/vms/{name}/console?bytes=N` | → text |
+//! | POST | `/v1/vms/{name}/migrate` | [`MigrateVm`] → [`MigrationView`] |
+//! | GET | `/v1/migrations`, `/v1/migrations/{id}` | → `[MigrationView]` / [`MigrationView`] |
+//! | POST | `/v1/migrations/{id}/cancel` | → [`MigrationView`] |
+//!
+//! A host agent serves its own API (the member asks it about live VMs): `GET /v1/vms`,
+//! `GET /v1/vms/{name}` ([`VmStatus`]), `GET /v1/vms/{name}/console`, `POST /v1/incoming`
+//! ([`IncomingRequest`] → [`IncomingReady`]), `GET`/`DELETE /v1/incoming/{vm}`
+//! ([`IncomingStatus`]), `GET /v1/migrations/{id}` ([`MigrationProgress`]).
 //!
 //! Errors answer with a non-2xx status and an [`ErrorBody`].
 
 pub mod client;
+pub mod compute;
 pub mod size;
 pub mod types;
 
 pub use client::{Client, ClientError};
 pub use control::ReservePolicy;
 pub use size::{format_size, parse_size, SizeError};
+pub use compute::*;
 pub use types::*;

@@ -7,6 +7,7 @@
 //! ([`ControlPlane::add_voter`]). Every change goes through [`ControlPlane::write`]; the applied
 //! state is read with [`ControlPlane::state`] or followed with [`ControlPlane::subscribe`].
 
+pub mod compute;
 pub mod error;
 pub mod log_store;
 pub mod network;
@@ -27,6 +28,10 @@ use openraft::{ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use compute::{
+    ComputeCommand, Host, Migration, MigrationResult, MigrationState, Vm, VmBoot,
+    DEFAULT_MIGRATION_LIMIT,
+};
 pub use error::{ControlError, ErrorKind};
 pub use state::{
     Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, ReservePolicy, Snapshot,

@@ -145,6 +145,21 @@ pub struct ClusterState {
     /// Last snapshot id handed out.
     #[serde(default)]
     pub next_snapshot_id: u64,
+    /// Hypervisor hosts by name.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, crate::compute::Host>,
+    /// VMs by name.
+    #[serde(default)]
+    pub vms: BTreeMap<String, crate::compute::Vm>,
+    /// Migrations by id: every unfinished one and the most recent finished ones.
+    #[serde(default)]
+    pub migrations: BTreeMap<u64, crate::compute::Migration>,
+    /// Last migration id handed out.
+    #[serde(default)]
+    pub next_migration_id: u64,
+    /// Live migrations per host at once (outbound, inbound); `None` means the default.
+    #[serde(default)]
+    pub migration_limits: Option<(u32, u32)>,
 }
 
 /// A change to the cluster state. Every change goes through Raft.
@@ -208,6 +223,10 @@ pub enum Command {
         name: String,
         created: u64,
     },
+    /// Hosts, VMs and migrations.
+    Compute {
+        cmd: crate::compute::ComputeCommand,
+    },
 }
 
 /// What applying a command produced.
@@ -217,6 +236,9 @@ pub enum Outcome {
     Ok,
     Volume(Volume),
     Snapshot(Snapshot),
+    Host(crate::compute::Host),
+    Vm(crate::compute::Vm),
+    Migration(crate::compute::Migration),
     /// The command was valid Raft input but the state refused it.
     Refused {
         kind: RefusalKind,
@@ -231,9 +253,11 @@ pub enum RefusalKind {
     NotFound,
     AlreadyExists,
     Invalid,
+    /// Valid, but not now: try again later (a migration waiting for a slot).
+    Busy,
 }
 
-fn refuse(kind: RefusalKind, message: impl Into<String>) -> Outcome {
+pub(crate) fn refuse(kind: RefusalKind, message: impl Into<String>) -> Outcome {
     Outcome::Refused {
         kind,
         message: message.into(),
@@ -254,6 +278,7 @@ impl ClusterState {
     /// Apply one committed command.
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         match cmd {
+            Command::Compute { cmd } => self.apply_compute(cmd),
             Command::RegisterMember(m) => {
                 self.members.insert(m.name.clone(), m);
                 Outcome::Ok
@@ -322,6 +347,13 @@ impl ClusterState {
                 self.volumes.insert(name, vol.clone());
                 Outcome::Volume(vol)
             }
+            Command::DeleteVolume { name } if self.vm_of_volume(&name).is_some() => refuse(
+                RefusalKind::Invalid,
+                format!(
+                    "volume {name} is a disk of VM {}; detach it first",
+                    self.vm_of_volume(&name).map(|v| v.name.as_str()).unwrap_or("?")
+                ),
+            ),
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {
                 Some(_) => {
                     self.snapshots.remove(&name);

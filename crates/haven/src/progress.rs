@@ -35,6 +35,17 @@ impl Progress {
         }
     }
 
+    /// Shows a free-form status line (redrawn in place on a terminal, printed when it
+    /// changes otherwise).
+    pub fn status(&mut self, text: &str) {
+        if self.tty {
+            eprint!("\r\x1b[K{}: {text}", self.what);
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{}: {text}", self.what);
+        }
+    }
+
     pub fn finish(&mut self) {
         if self.tty {
             eprintln!();

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 /// An API error: status, kind and message.
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -46,16 +46,17 @@ impl From<control::ControlError> for ApiError {
     }
 }
 
-fn refused(kind: RefusalKind, message: String) -> ApiError {
+pub(crate) fn refused(kind: RefusalKind, message: String) -> ApiError {
     match kind {
         RefusalKind::NotFound => ApiError(StatusCode::NOT_FOUND, "not_found", message),
         RefusalKind::AlreadyExists => ApiError(StatusCode::CONFLICT, "already_exists", message),
         RefusalKind::Invalid => ApiError(StatusCode::BAD_REQUEST, "invalid", message),
+        RefusalKind::Busy => ApiError(StatusCode::CONFLICT, "busy", message),
     }
 }
 
 /// A command answered with an outcome of another kind than it produces: a bug.
-fn unexpected(o: Outcome) -> ApiError {
+pub(crate) fn unexpected(o: Outcome) -> ApiError {
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
@@ -71,7 +72,7 @@ fn not_found(name: &str) -> ApiError {
     )
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(member: Arc<Member>) -> Router {
     Router::new()
@@ -101,6 +102,7 @@ pub fn router(member: Arc<Member>) -> Router {
             "/v1/volumes/{name}/flatten",
             post(start_flatten).get(flatten_status),
         )
+        .merge(crate::vms::router())
         .with_state(member)
 }
 
@@ -227,7 +229,7 @@ fn chap_of(spec: Option<api::ChapSpec>) -> Result<Option<Chap>, ApiError> {
     }))
 }
 
-async fn apply(m: &Member, cmd: Command) -> Result<Outcome, ApiError> {
+pub(crate) async fn apply(m: &Member, cmd: Command) -> Result<Outcome, ApiError> {
     match m.control.write(cmd).await? {
         Outcome::Refused { kind, message } => Err(refused(kind, message)),
         o => Ok(o),
@@ -386,7 +388,7 @@ fn no_snapshot(volume: &str, snap: &str) -> ApiError {
     )
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -401,8 +403,13 @@ const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Poll `done` until it holds; an error if this member has not applied the change in time.
 /// The API answers only once the change is in effect here: a snapshot it reports taken
 /// holds no write acknowledged after the answer.
-async fn applied(what: String, mut done: impl FnMut() -> bool) -> Result<(), ApiError> {
+pub(crate) async fn applied(
+    what: String,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    // Start fine-grained: a migration's storage handover waits here with the guest paused.
+    let mut pause = std::time::Duration::from_micros(500);
     while !done() {
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError(
@@ -411,7 +418,8 @@ async fn applied(what: String, mut done: impl FnMut() -> bool) -> Result<(), Api
                 format!("{what} is recorded but this member has not applied it within {}s; see the member log", APPLY_WAIT.as_secs()),
             ));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(10));
     }
     Ok(())
 }

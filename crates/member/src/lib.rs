@@ -9,6 +9,7 @@ pub mod directory;
 pub mod http;
 pub mod portal;
 pub mod registry;
+pub mod vms;
 
 pub use config::{ConfigError, MemberConfig};
 

@@ -354,6 +354,11 @@ impl Registry {
                         }
                     },
                 }
+                if snap.is_none() {
+                    if let Some(h) = vols.get(iqn) {
+                        fence(h, state.volume_writer(&v.name));
+                    }
+                }
             }
         }
         for iqn in gone {
@@ -562,5 +567,13 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         assert!(!path.with_extension("pr.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Fences a volume to the initiator of the host that owns its VM (or lifts the fence).
+fn fence(h: &VolumeHandle, writer: Option<String>) {
+    if h.lu.writer() != writer {
+        tracing::info!(target = %h.lu.identity().target_name, writer = ?writer, "write fence");
+        h.lu.set_writer(writer);
     }
 }

@@ -275,6 +275,22 @@ impl LogicalUnit {
         TmfResult::Complete
     }
 
+    /// Fences the medium to one initiator: from now on a command that changes the medium
+    /// from any other initiator ends in RESERVATION CONFLICT, whatever its persistent
+    /// reservations say. `None` lifts the fence. The group sets it to the initiator of the
+    /// host that owns the VM using this volume, so a host that lost the VM cannot write.
+    pub fn set_writer(&self, initiator: Option<String>) {
+        let mut r = self.res_write();
+        if r.writer != initiator {
+            r.writer = initiator;
+        }
+    }
+
+    /// The initiator the medium is fenced to, if any.
+    pub fn writer(&self) -> Option<String> {
+        self.res_read().writer.clone()
+    }
+
     /// The I_T nexus is gone (session closed or dropped): its SPC-2 reservation is
     /// released and, if it comes back, it is treated as new (POWER ON unit attention).
     /// Persistent reservations and registrations survive, as SPC-4 requires.

@@ -178,6 +178,9 @@ impl PrState {
 pub(crate) struct ResState {
     pub pr: PrState,
     pub spc2: Option<NexusId>,
+    /// The only initiator allowed to change the medium, when the group fences the volume
+    /// to the host that owns its VM (see [`crate::LogicalUnit::set_writer`]).
+    pub writer: Option<String>,
 }
 
 impl ResState {
@@ -185,6 +188,13 @@ impl ResState {
     pub fn check(&self, nexus: &NexusId, access: Access, cdb: &Cdb) -> Result<(), Fail> {
         if access == Access::Free {
             return Ok(());
+        }
+        if access == Access::Write {
+            if let Some(w) = &self.writer {
+                if nexus.initiator_name != *w {
+                    return Err(Fail::Conflict);
+                }
+            }
         }
         if let Some(h) = &self.spc2 {
             if h != nexus {

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and dispatch.
 
+mod host;
 mod member;
 mod snapshot;
+mod vm;
 mod volume;
 
 use crate::lab;
@@ -41,6 +43,15 @@ pub enum Command {
     /// Storage members: run the daemon, list the group's members.
     #[command(subcommand)]
     Member(member::MemberCommand),
+    /// Hypervisor hosts: run the agent, list, drain.
+    #[command(subcommand)]
+    Host(host::HostCommand),
+    /// VMs: create, start, stop, disks, migrate.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Migrations: list, show, cancel.
+    #[command(subcommand)]
+    Migration(vm::MigrationCommand),
 }
 
 impl Command {
@@ -48,7 +59,9 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(
             self,
-            Command::Member(member::MemberCommand::Run(_)) | Command::Lab(lab::LabCommand::Up(_))
+            Command::Member(member::MemberCommand::Run(_))
+                | Command::Host(host::HostCommand::Run(_))
+                | Command::Lab(lab::LabCommand::Up(_))
         )
     }
 }
@@ -59,6 +72,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(c) => volume::run(c, &cli.api).await,
         Command::Member(c) => member::run(c, &cli.api).await,
         Command::Snapshot(c) => snapshot::run(c, &cli.api).await,
+        Command::Host(c) => host::run(c, &cli.api).await,
+        Command::Vm(c) => vm::run(c, &cli.api).await,
+        Command::Migration(c) => vm::run_migration(c, &cli.api).await,
     }
 }
 

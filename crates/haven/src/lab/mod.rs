@@ -5,6 +5,7 @@
 //! lab.toml            addresses chosen at the first `up` and kept
 //! env                 HAVEN_API=… for `source`
 //! member-N/member.toml, member.log, pid, data/
+//! host-N/host.log, pid, data/run/ (QEMU sockets, consoles, pid files)
 //! ```
 
 mod process;
@@ -17,7 +18,7 @@ use anyhow::{bail, Context};
 use api::GroupStatus;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use state::{free_port, LabMember};
+use state::{free_port, LabHost, LabMember};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,18 +82,28 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Down { data } => down(&data),
         LabCommand::Kill { name, data } => {
             let lab = existing(&data)?;
-            lab.member(&name).with_context(|| {
-                format!("no process named {name} in the lab at {}", data.display())
-            })?;
-            if process::kill(&lab.member_dir(&name)) {
-                println!("killed {name}");
-            } else {
-                println!("{name} was not running");
+            if lab.member(&name).is_none() && lab.host(&name).is_none() {
+                bail!("no process named {name} in the lab at {}", data.display());
+            }
+            let dir = lab.member_dir(&name);
+            let killed = process::kill(&dir);
+            // A host's crash takes its guests with it.
+            let guests = process::kill_guests(&dir);
+            match (killed, guests) {
+                (false, 0) => println!("{name} was not running"),
+                (_, 0) => println!("killed {name}"),
+                (_, n) => println!("killed {name} and its {n} QEMUs"),
             }
             Ok(())
         }
         LabCommand::Start { name, data } => {
             let lab = existing(&data)?;
+            if let Some(h) = lab.host(&name).cloned() {
+                start_host(&lab, &h)?;
+                wait_host_ready(&lab, &h, HOST_READY).await?;
+                println!("{name} is running (agent at http://{})", h.api);
+                return Ok(());
+            }
             let m = lab
                 .member(&name)
                 .with_context(|| {
@@ -193,6 +204,53 @@ async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::R
     }
 }
 
+/// A host agent's first start probes KVM (up to 20 s) before it registers.
+const HOST_READY: Duration = Duration::from_secs(60);
+
+fn start_host(lab: &LabState, h: &LabHost) -> anyhow::Result<()> {
+    let dir = lab.member_dir(&h.name);
+    if process::running(&dir).is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::net::TcpListener::bind(&h.api).is_err() {
+        bail!("{}'s agent address {} is in use by another process", h.name, h.api);
+    }
+    process::spawn_host(&dir, &h.name, &h.api, &lab.api_urls())?;
+    Ok(())
+}
+
+/// Waits until the group lists the host and its agent answers.
+async fn wait_host_ready(lab: &LabState, h: &LabHost, limit: Duration) -> anyhow::Result<()> {
+    let group = api::Client::new(lab.api_urls()).with_timeout(Duration::from_secs(3));
+    let dir = lab.member_dir(&h.name);
+    let t = Instant::now();
+    loop {
+        if let Ok(hosts) = group.get::<Vec<api::HostView>>("/v1/hosts").await {
+            if hosts
+                .iter()
+                .any(|x| x.host.name == h.name && x.host.api_addr == h.api && x.reachable)
+            {
+                return Ok(());
+            }
+        }
+        if process::running(&dir).is_none() {
+            let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            bail!("{} exited while starting (see {}): {last}", h.name, dir.join("host.log").display());
+        }
+        if t.elapsed() > limit {
+            bail!(
+                "{} did not register within {}s (see {})",
+                h.name,
+                limit.as_secs(),
+                dir.join("host.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn group_portal_in_use(addr: &str) -> bool {
     std::net::TcpListener::bind(addr).is_err()
 }
@@ -204,8 +262,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             a.members
         );
     }
-    if a.hosts != 0 {
-        bail!("--hosts {}: hypervisor hosts are not built yet", a.hosts);
+    if a.hosts > 16 {
+        bail!("--hosts {}: the lab runs at most 16 hosts", a.hosts);
     }
     let dir = a.data.clone();
     if dir.exists() && !dir.is_dir() {
@@ -250,6 +308,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             let lab = LabState {
                 group_portal,
                 members,
+                hosts: vec![],
                 dir,
             };
             lab.save()?;
@@ -266,12 +325,28 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             lab.group_portal
         );
     }
+    let mut lab = lab;
+    // A larger --hosts adds hosts; a smaller one leaves the existing ones.
+    for i in lab.hosts.len() + 1..=a.hosts {
+        lab.hosts.push(LabHost {
+            name: format!("host-{i}"),
+            api: format!("127.0.0.1:{}", free_port()?),
+        });
+        lab.save()?;
+    }
     for m in &lab.members {
         start_member(&lab, m)?;
     }
     for m in &lab.members {
         eprintln!("waiting for {} …", m.name);
         wait_ready(&lab, m, Duration::from_secs(60)).await?;
+    }
+    for h in &lab.hosts {
+        start_host(&lab, h)?;
+    }
+    for h in &lab.hosts {
+        eprintln!("waiting for {} …", h.name);
+        wait_host_ready(&lab, h, HOST_READY).await?;
     }
     lab.write_env()?;
     println!("haven lab is up in {}", lab.dir.display());
@@ -283,6 +358,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             m.portal,
             m.api,
             lab.member_dir(&m.name).join("member.log").display()
+        );
+    }
+    for h in &lab.hosts {
+        println!(
+            "  {}: agent http://{}  log {}",
+            h.name,
+            h.api,
+            lab.member_dir(&h.name).join("host.log").display()
         );
     }
     println!(
@@ -303,6 +386,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 
 fn down(dir: &Path) -> anyhow::Result<()> {
     let lab = existing(dir)?;
+    for h in lab.hosts.iter().rev() {
+        let d = lab.member_dir(&h.name);
+        let stopped = process::stop(&d, Duration::from_secs(10));
+        let guests = process::kill_guests(&d);
+        if stopped || guests > 0 {
+            println!("stopped {} ({guests} QEMUs)", h.name);
+        }
+    }
     for m in lab.members.iter().rev() {
         if process::stop(&lab.member_dir(&m.name), Duration::from_secs(10)) {
             println!("stopped {}", m.name);
@@ -323,7 +414,9 @@ struct MemberStatus {
 #[derive(Serialize)]
 struct HostStatus {
     name: String,
+    api: String,
     state: String,
+    pid: Option<i32>,
 }
 
 #[derive(Serialize)]
@@ -368,7 +461,19 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         group_portal: lab.group_portal.clone(),
         api: lab.api_urls(),
         members,
-        hosts: vec![],
+        hosts: lab
+            .hosts
+            .iter()
+            .map(|h| {
+                let pid = process::running(&lab.member_dir(&h.name));
+                HostStatus {
+                    name: h.name.clone(),
+                    api: format!("http://{}", h.api),
+                    state: if pid.is_some() { "running" } else { "stopped" }.into(),
+                    pid,
+                }
+            })
+            .collect(),
     };
     if json {
         return output::json(&s);
@@ -386,6 +491,9 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
                     m.api.clone(),
                 ]
             })
+            .chain(s.hosts.iter().map(|h| {
+                vec![h.name.clone(), h.state.clone(), "-".into(), h.api.clone()]
+            }))
             .collect(),
     );
     Ok(())

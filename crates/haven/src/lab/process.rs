@@ -27,24 +27,84 @@ pub fn running(dir: &Path) -> Option<i32> {
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    let marker = dir.join("member.toml");
-    cmdline.contains(&*marker.to_string_lossy()).then_some(pid)
+    // Every lab process names its own directory on its command line.
+    let marker = format!("{}/", dir.display());
+    cmdline.contains(&marker).then_some(pid)
 }
 
 /// Start `haven member run --config DIR/member.toml`, logging to `DIR/member.log`.
 pub fn spawn_member(dir: &Path) -> anyhow::Result<i32> {
+    let config = dir.join("member.toml");
+    spawn(
+        dir,
+        "member.log",
+        &["member".as_ref(), "run".as_ref(), "--config".as_ref(), config.as_os_str()],
+    )
+}
+
+/// Start `haven --api URLS host run --name NAME --data DIR/data --listen API`, logging to
+/// `DIR/host.log`.
+pub fn spawn_host(dir: &Path, name: &str, api: &str, group: &[String]) -> anyhow::Result<i32> {
+    let data = dir.join("data");
+    let urls = group.join(",");
+    spawn(
+        dir,
+        "host.log",
+        &[
+            "--api".as_ref(),
+            urls.as_ref(),
+            "host".as_ref(),
+            "run".as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--listen".as_ref(),
+            api.as_ref(),
+        ],
+    )
+}
+
+/// SIGKILL every QEMU a host agent recorded in `DIR/data/run/*.pid`: a host crash takes
+/// its guests with it.
+pub fn kill_guests(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir.join("data").join("run")) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("pid") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_qemu = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("qemu"))
+            .unwrap_or(false);
+        if is_qemu {
+            signal(pid, libc::SIGKILL);
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+fn spawn(dir: &Path, log_name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("finding the haven binary")?;
-    let log_path = dir.join("member.log");
+    let log_path = dir.join(log_name);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("member")
-        .arg("run")
-        .arg("--config")
-        .arg(dir.join("member.toml"))
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -54,9 +114,11 @@ pub fn spawn_member(dir: &Path) -> anyhow::Result<i32> {
         // lab stops them itself, in order.
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().context("starting a member")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", dir.display()))?;
     let pid = child.id() as i32;
-    std::fs::write(pid_file(dir), pid.to_string()).context("writing the member's pid file")?;
+    std::fs::write(pid_file(dir), pid.to_string()).context("writing the pid file")?;
     // Reap it when it exits so it never lingers as a zombie while this process lives.
     std::thread::spawn(move || {
         let _ = child.wait();

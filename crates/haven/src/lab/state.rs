@@ -13,10 +13,19 @@ pub struct LabMember {
     pub portal: String,
 }
 
+/// A hypervisor host of the lab: its agent's API address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabHost {
+    pub name: String,
+    pub api: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LabState {
     pub group_portal: String,
     pub members: Vec<LabMember>,
+    #[serde(default)]
+    pub hosts: Vec<LabHost>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -64,6 +73,10 @@ impl LabState {
 
     pub fn member(&self, name: &str) -> Option<&LabMember> {
         self.members.iter().find(|m| m.name == name)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&LabHost> {
+        self.hosts.iter().find(|h| h.name == name)
     }
 
     pub fn member_dir(&self, name: &str) -> PathBuf {

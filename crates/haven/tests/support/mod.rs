@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod guests;
 pub mod initiator;
 
 use std::path::{Path, PathBuf};
@@ -45,10 +46,16 @@ pub struct Lab {
     pub tmp: tempfile::TempDir,
     pub dir: PathBuf,
     pub portal: String,
+    pub hosts: usize,
 }
 
 impl Lab {
     pub fn up() -> Lab {
+        Lab::up_with_hosts(0)
+    }
+
+    /// A lab with `hosts` hypervisor hosts besides its member.
+    pub fn up_with_hosts(hosts: usize) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         // A loopback address of its own keeps the test clear of a developer's lab.
@@ -58,12 +65,18 @@ impl Lab {
             2 + std::process::id() % 200,
             free_port()
         );
-        let lab = Lab { tmp, dir, portal };
+        let lab = Lab {
+            tmp,
+            dir,
+            portal,
+            hosts,
+        };
         lab.up_again();
         lab
     }
 
     pub fn up_again(&self) {
+        let hosts = self.hosts.to_string();
         let o = haven(
             &[
                 "lab",
@@ -73,6 +86,8 @@ impl Lab {
                 self.dir_str(),
                 "--portal",
                 &self.portal,
+                "--hosts",
+                &hosts,
             ],
             &[],
         );
@@ -134,18 +149,52 @@ impl Lab {
         }
         pids
     }
+
+    /// The pids of the QEMUs the lab's host agents recorded.
+    pub fn qemu_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for i in 1..=self.hosts {
+            let run = self.dir.join(format!("host-{i}/data/run"));
+            for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
+                if e.path().extension().and_then(|x| x.to_str()) == Some("pid") {
+                    if let Ok(pid) = std::fs::read_to_string(e.path()).unwrap_or_default().trim().parse() {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        let qemus = self.qemu_pids();
         for pid in self.pids() {
-            // The member leads its own process group: kill the whole group.
+            // Each lab process leads its own process group: kill the whole group.
             unsafe {
                 libc::kill(-pid, libc::SIGKILL);
             }
         }
+        for pid in qemus {
+            // QEMUs run in process groups of their own (they outlive their agent).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The test guest (scripts/build-test-guest), built once per test process.
+pub fn test_guest() -> &'static Path {
+    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GUEST.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("haven-test-guest-{}", std::process::id()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/build-test-guest");
+        run_tool(script, &[dir.to_str().unwrap()]);
+        dir
+    })
 }
 
 /// Run an external tool, panicking with its output if it fails.
