@@ -67,10 +67,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/disks", post(add_disk))
         .route("/v1/vms/{name}/disks/{volume}", delete(remove_disk))
         .route("/v1/incoming", post(prepare))
-        .route(
-            "/v1/incoming/{name}",
-            get(incoming_status).delete(abandon),
-        )
+        .route("/v1/incoming/{name}", get(incoming_status).delete(abandon))
         .route("/v1/incoming/{name}/load", post(load))
         .route("/v1/migrations/{id}", get(migration))
         .with_state(agent)

@@ -161,11 +161,7 @@ fn newest_kernel() -> Option<PathBuf> {
 
 /// Records a change through the group; the answer comes once the group applied it.
 pub(crate) async fn commit(agent: &Agent, cmd: ComputeCommand) -> Result<Outcome, String> {
-    match agent
-        .group()
-        .post::<_, Outcome>("/v1/compute", &cmd)
-        .await
-    {
+    match agent.group().post::<_, Outcome>("/v1/compute", &cmd).await {
         Ok(Outcome::Refused { message, .. }) => Err(message),
         Ok(o) => Ok(o),
         Err(e) => Err(e.to_string()),

@@ -263,7 +263,8 @@ async fn live(
                     });
                 }
                 let t = Instant::now();
-                if let Err(e) = commit(agent, ComputeCommand::MigrationSwitchover { id: m.id }).await
+                if let Err(e) =
+                    commit(agent, ComputeCommand::MigrationSwitchover { id: m.id }).await
                 {
                     let _ = qmp.execute("migrate_cancel", Value::Null).await;
                     return Err(Failure::failed(format!("storage handover: {e}")));
@@ -302,7 +303,10 @@ async fn live(
                 qmp.execute("migrate_cancel", Value::Null).await?;
             }
         }
-        if m.postcopy && !postcopy_started && status == "active" && started.elapsed() > POSTCOPY_AFTER
+        if m.postcopy
+            && !postcopy_started
+            && status == "active"
+            && started.elapsed() > POSTCOPY_AFTER
         {
             postcopy_started = true;
             qmp.execute("migrate-start-postcopy", Value::Null).await?;
@@ -487,10 +491,7 @@ async fn state_volume(agent: &Agent, vm: &Vm) -> Result<String, Failure> {
         Err(e) => return Err(Failure::failed(format!("creating {name}: {e}"))),
     }
     let portal = agent.compute().group_portal.clone();
-    let url = format!(
-        "iscsi://{portal}/{}:{name}/0",
-        control::state::IQN_PREFIX
-    );
+    let url = format!("iscsi://{portal}/{}:{name}/0", control::state::IQN_PREFIX);
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", &url, &size.to_string()])
         .output()
@@ -534,7 +535,9 @@ pub async fn run_job(
             _ => {}
         }
         if Instant::now() > deadline {
-            return Err(Failure::failed(format!("{command}: still running after 300 s")));
+            return Err(Failure::failed(format!(
+                "{command}: still running after 300 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -553,19 +556,19 @@ pub async fn recover(agent: Arc<Agent>, m: Migration) {
         }
         None => None,
     };
-    let result = if status.as_deref() == Some("postmigrate") && m.state == MigrationState::Switchover
-    {
-        agent.discard(&m.vm).await;
-        MigrationResult::Completed {
-            downtime_ms: 0,
-            qemu_downtime_ms: 0,
-            total_ms: 0,
-        }
-    } else {
-        MigrationResult::Failed {
-            error: "the source host agent restarted during the migration".into(),
-        }
-    };
+    let result =
+        if status.as_deref() == Some("postmigrate") && m.state == MigrationState::Switchover {
+            agent.discard(&m.vm).await;
+            MigrationResult::Completed {
+                downtime_ms: 0,
+                qemu_downtime_ms: 0,
+                total_ms: 0,
+            }
+        } else {
+            MigrationResult::Failed {
+                error: "the source host agent restarted during the migration".into(),
+            }
+        };
     tracing::info!(id = m.id, vm = %m.vm, ?result, "settling a migration from before a restart");
     finish(&agent, m.id, result.clone()).await;
     if !matches!(result, MigrationResult::Completed { .. }) {

@@ -216,7 +216,13 @@ pub async fn start(agent: Arc<Agent>, vm: Vm) {
         }
         Err(e) => {
             agent.set_error(&vm.name, format!("starting QEMU: {e}"));
-            let _ = commit(&agent, ComputeCommand::StopVm { name: vm.name.clone() }).await;
+            let _ = commit(
+                &agent,
+                ComputeCommand::StopVm {
+                    name: vm.name.clone(),
+                },
+            )
+            .await;
             let _ = commit(
                 &agent,
                 ComputeCommand::VmStopped {

@@ -49,7 +49,7 @@ pub mod size;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use compute::*;
 pub use control::ReservePolicy;
 pub use size::{format_size, parse_size, SizeError};
-pub use compute::*;
 pub use types::*;

@@ -355,7 +355,10 @@ impl ClusterState {
                 if let Some(m) = self.active_migration(&name) {
                     return refuse(
                         RefusalKind::Invalid,
-                        format!("VM {name} is migrating (migration {}); cancel it first", m.id),
+                        format!(
+                            "VM {name} is migrating (migration {}); cancel it first",
+                            m.id
+                        ),
                     );
                 }
                 let Some(vm) = self.vms.get_mut(&name) else {
@@ -419,7 +422,8 @@ impl ClusterState {
                         "the bandwidth limit must be at least 1 MiB/s",
                     );
                 }
-                let o = self.request_migration(vm, to, quick, downtime_limit_ms, postcopy, requested);
+                let o =
+                    self.request_migration(vm, to, quick, downtime_limit_ms, postcopy, requested);
                 if let Outcome::Migration(m) = &o {
                     let m = self.migrations.get_mut(&m.id).expect("just inserted");
                     m.max_bandwidth = max_bandwidth;
@@ -531,7 +535,7 @@ impl ClusterState {
         if !(1..=64).contains(&cpus) {
             return refuse(RefusalKind::Invalid, format!("{cpus} vCPUs: use 1 to 64"));
         }
-        if memory_bytes < (32 << 20) || memory_bytes % (1 << 20) != 0 {
+        if memory_bytes < (32 << 20) || !memory_bytes.is_multiple_of(1 << 20) {
             return refuse(
                 RefusalKind::Invalid,
                 "memory must be a multiple of 1 MiB, at least 32 MiB",
@@ -552,7 +556,10 @@ impl ClusterState {
             }
         }
         if matches!(boot, VmBoot::Disk) && disks.is_empty() {
-            return refuse(RefusalKind::Invalid, "a VM that boots from disk needs a disk");
+            return refuse(
+                RefusalKind::Invalid,
+                "a VM that boots from disk needs a disk",
+            );
         }
         let vm = Vm {
             name: name.clone(),
@@ -590,7 +597,10 @@ impl ClusterState {
             return refuse(RefusalKind::Invalid, format!("host {to} is drained"));
         }
         if from == to {
-            return refuse(RefusalKind::Invalid, format!("VM {vm} already runs on {to}"));
+            return refuse(
+                RefusalKind::Invalid,
+                format!("VM {vm} already runs on {to}"),
+            );
         }
         if let Some(m) = self.active_migration(&vm) {
             return refuse(

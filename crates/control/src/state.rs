@@ -351,7 +351,9 @@ impl ClusterState {
                 RefusalKind::Invalid,
                 format!(
                     "volume {name} is a disk of VM {}; detach it first",
-                    self.vm_of_volume(&name).map(|v| v.name.as_str()).unwrap_or("?")
+                    self.vm_of_volume(&name)
+                        .map(|v| v.name.as_str())
+                        .unwrap_or("?")
                 ),
             ),
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {

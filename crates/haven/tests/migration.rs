@@ -217,14 +217,23 @@ fn migrations_queue_within_the_per_host_limits_and_a_drain_empties_a_host() {
     lab.ok(&["host", "drain", "host-2"]);
     let t = std::time::Instant::now();
     while vms.iter().any(|vm| vm_host(&lab, vm) != "host-1")
-        || !lab.ok(&["migration", "list", "--json"]).contains("\"completed\"")
+        || !lab
+            .ok(&["migration", "list", "--json"])
+            .contains("\"completed\"")
     {
-        assert!(t.elapsed() < Duration::from_secs(240), "drain did not finish");
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "drain did not finish"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let o = lab.cli(&["vm", "migrate", "a", "--to", "host-2"]);
     assert!(!o.status.success(), "a drained host took a VM");
-    assert!(support::stderr(&o).contains("drained"), "{}", support::stderr(&o));
+    assert!(
+        support::stderr(&o).contains("drained"),
+        "{}",
+        support::stderr(&o)
+    );
     lab.ok(&["host", "undrain", "host-2"]);
     for vm in vms {
         wait_count_above(&lab, vm, 10, BOOT);

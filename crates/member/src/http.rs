@@ -403,10 +403,7 @@ const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Poll `done` until it holds; an error if this member has not applied the change in time.
 /// The API answers only once the change is in effect here: a snapshot it reports taken
 /// holds no write acknowledged after the answer.
-pub(crate) async fn applied(
-    what: String,
-    mut done: impl FnMut() -> bool,
-) -> Result<(), ApiError> {
+pub(crate) async fn applied(what: String, mut done: impl FnMut() -> bool) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + APPLY_WAIT;
     // Start fine-grained: a migration's storage handover waits here with the guest paused.
     let mut pause = std::time::Duration::from_micros(500);

@@ -552,6 +552,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Fences a volume to the initiator of the host that owns its VM (or lifts the fence).
+fn fence(h: &VolumeHandle, writer: Option<String>) {
+    if h.lu.writer() != writer {
+        tracing::info!(target = %h.lu.identity().target_name, writer = ?writer, "write fence");
+        h.lu.set_writer(writer);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,13 +575,5 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         assert!(!path.with_extension("pr.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-/// Fences a volume to the initiator of the host that owns its VM (or lifts the fence).
-fn fence(h: &VolumeHandle, writer: Option<String>) {
-    if h.lu.writer() != writer {
-        tracing::info!(target = %h.lu.identity().target_name, writer = ?writer, "write fence");
-        h.lu.set_writer(writer);
     }
 }

@@ -312,10 +312,7 @@ async fn define_vm(
         created: crate::http::now(),
     };
     match apply(&m, compute(cmd)).await? {
-        Outcome::Vm(vm) => Ok((
-            StatusCode::CREATED,
-            Json(VmView { vm, status: None }),
-        )),
+        Outcome::Vm(vm) => Ok((StatusCode::CREATED, Json(VmView { vm, status: None }))),
         o => Err(unexpected(o)),
     }
 }
@@ -381,7 +378,9 @@ async fn start_vm(
                 format!(
                     "VM {name} is placed on {host} but did not report running within {}s (now: {})",
                     START_WAIT.as_secs(),
-                    status.map(|s| s.state).unwrap_or_else(|| "host silent".into())
+                    status
+                        .map(|s| s.state)
+                        .unwrap_or_else(|| "host silent".into())
                 ),
             ));
         }
@@ -430,7 +429,10 @@ async fn attach_disk(
     .await?;
     let state = m.control.state();
     let vm = vm_of(&state, &name)?;
-    if let (true, Some(host)) = (vm.running, vm.host.as_ref().and_then(|h| state.hosts.get(h))) {
+    if let (true, Some(host)) = (
+        vm.running,
+        vm.host.as_ref().and_then(|h| state.hosts.get(h)),
+    ) {
         // The fence must name the owner before the guest's first write to the new disk.
         wait_fenced(&m, &req.volume, Some(&host.initiator)).await?;
         if let Err(e) = agent(host, Duration::from_secs(60))
@@ -466,9 +468,14 @@ async fn detach_disk(
     let state = m.control.state();
     let vm = vm_of(&state, &name)?;
     if !vm.disks.contains(&volume) {
-        return Err(not_found(format!("volume {volume} is not a disk of VM {name}")));
+        return Err(not_found(format!(
+            "volume {volume} is not a disk of VM {name}"
+        )));
     }
-    if let (true, Some(host)) = (vm.running, vm.host.as_ref().and_then(|h| state.hosts.get(h))) {
+    if let (true, Some(host)) = (
+        vm.running,
+        vm.host.as_ref().and_then(|h| state.hosts.get(h)),
+    ) {
         let client = agent(host, Duration::from_secs(60));
         if !q.force {
             let status: VmStatus = client

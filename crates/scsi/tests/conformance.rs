@@ -252,3 +252,23 @@ fn data_out_length_described_by_the_cdb() {
     );
     assert_eq!(lu.data_out_len(&[0xFF, 0, 0, 0, 0, 0]), None);
 }
+
+#[test]
+fn a_write_fence_refuses_writes_from_every_other_initiator() {
+    // The group fences a VM's volume to its host: another host gets RESERVATION CONFLICT
+    // on writes, reads stay open, and lifting the fence opens writes again.
+    let (_dev, lu) = setup(64);
+    let owner = nx("iqn.host-2", 1);
+    let old = nx("iqn.host-1", 2);
+    ready(&lu, &owner);
+    ready(&lu, &old);
+    let write10 = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let block = vec![0x5a; 512];
+    lu.set_writer(Some("iqn.host-2".into()));
+    assert_eq!(lu.execute(&old, &write10, &block).status, 0x18);
+    assert_eq!(lu.execute(&old, &read10, &[]).status, 0);
+    assert_eq!(lu.execute(&owner, &write10, &block).status, 0);
+    lu.set_writer(None);
+    assert_eq!(lu.execute(&old, &write10, &block).status, 0);
+}

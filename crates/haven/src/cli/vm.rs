@@ -231,10 +231,7 @@ pub async fn run(cmd: VmCommand, api: &Option<String>) -> anyhow::Result<()> {
             if json {
                 return output::json(&v);
             }
-            println!(
-                "VM {name} runs on {}",
-                v.vm.host.as_deref().unwrap_or("?")
-            );
+            println!("VM {name} runs on {}", v.vm.host.as_deref().unwrap_or("?"));
             Ok(())
         }
         VmCommand::Stop {
@@ -268,7 +265,12 @@ pub async fn run(cmd: VmCommand, api: &Option<String>) -> anyhow::Result<()> {
         }
         VmCommand::Disk(DiskCommand::Add { vm, volume }) => {
             let _: VmView = client
-                .post(&format!("/v1/vms/{vm}/disks"), &AttachDisk { volume: volume.clone() })
+                .post(
+                    &format!("/v1/vms/{vm}/disks"),
+                    &AttachDisk {
+                        volume: volume.clone(),
+                    },
+                )
                 .await?;
             println!("volume {volume} attached to VM {vm}");
             Ok(())
@@ -375,10 +377,20 @@ fn report(m: &MigrationView, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Some(MigrationResult::Failed { error }) => {
-            bail!("migration {} failed: {error}; VM {} still runs on {}", x.id, x.vm, x.from)
+            bail!(
+                "migration {} failed: {error}; VM {} still runs on {}",
+                x.id,
+                x.vm,
+                x.from
+            )
         }
         Some(MigrationResult::Cancelled { reason }) => {
-            bail!("migration {} cancelled ({reason}); VM {} still runs on {}", x.id, x.vm, x.from)
+            bail!(
+                "migration {} cancelled ({reason}); VM {} still runs on {}",
+                x.id,
+                x.vm,
+                x.from
+            )
         }
         None => bail!("migration {} ended without a result", x.id),
     }
@@ -424,11 +436,42 @@ pub async fn run_migration(cmd: MigrationCommand, api: &Option<String>) -> anyho
         }
         MigrationCommand::Show { id, json } => {
             let m: MigrationView = client.get(&format!("/v1/migrations/{id}")).await?;
-            output::json(&m).and_then(|_| if json { Ok(()) } else { Ok(()) })
+            if json {
+                return output::json(&m);
+            }
+            let x = &m.migration;
+            println!("migration {}: VM {} {} → {}", x.id, x.vm, x.from, x.to);
+            println!("kind:      {}", if x.quick { "quick" } else { "live" });
+            println!("state:     {}", format!("{:?}", x.state).to_lowercase());
+            if let Some(p) = &m.progress {
+                println!(
+                    "progress:  {}: {} of {} sent, {} remaining",
+                    p.status,
+                    format_size(p.transferred_bytes),
+                    format_size(p.total_bytes),
+                    format_size(p.remaining_bytes)
+                );
+            }
+            match &x.end {
+                Some(MigrationResult::Completed {
+                    downtime_ms,
+                    total_ms,
+                    ..
+                }) => println!("result:    completed in {total_ms} ms, paused {downtime_ms} ms"),
+                Some(MigrationResult::Failed { error }) => println!("result:    failed: {error}"),
+                Some(MigrationResult::Cancelled { reason }) => {
+                    println!("result:    cancelled: {reason}")
+                }
+                None => {}
+            }
+            Ok(())
         }
         MigrationCommand::Cancel { id } => {
             let m: MigrationView = client
-                .post(&format!("/v1/migrations/{id}/cancel"), &serde_json::json!({}))
+                .post(
+                    &format!("/v1/migrations/{id}/cancel"),
+                    &serde_json::json!({}),
+                )
                 .await?;
             println!(
                 "migration {id} of {}: {}",

@@ -214,7 +214,11 @@ fn start_host(lab: &LabState, h: &LabHost) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if std::net::TcpListener::bind(&h.api).is_err() {
-        bail!("{}'s agent address {} is in use by another process", h.name, h.api);
+        bail!(
+            "{}'s agent address {} is in use by another process",
+            h.name,
+            h.api
+        );
     }
     process::spawn_host(&dir, &h.name, &h.api, &lab.api_urls())?;
     Ok(())
@@ -236,8 +240,16 @@ async fn wait_host_ready(lab: &LabState, h: &LabHost, limit: Duration) -> anyhow
         }
         if process::running(&dir).is_none() {
             let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
-            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-            bail!("{} exited while starting (see {}): {last}", h.name, dir.join("host.log").display());
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            bail!(
+                "{} exited while starting (see {}): {last}",
+                h.name,
+                dir.join("host.log").display()
+            );
         }
         if t.elapsed() > limit {
             bail!(
@@ -491,9 +503,11 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
                     m.api.clone(),
                 ]
             })
-            .chain(s.hosts.iter().map(|h| {
-                vec![h.name.clone(), h.state.clone(), "-".into(), h.api.clone()]
-            }))
+            .chain(
+                s.hosts
+                    .iter()
+                    .map(|h| vec![h.name.clone(), h.state.clone(), "-".into(), h.api.clone()]),
+            )
             .collect(),
     );
     Ok(())

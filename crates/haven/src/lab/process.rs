@@ -38,7 +38,12 @@ pub fn spawn_member(dir: &Path) -> anyhow::Result<i32> {
     spawn(
         dir,
         "member.log",
-        &["member".as_ref(), "run".as_ref(), "--config".as_ref(), config.as_os_str()],
+        &[
+            "member".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
     )
 }
 

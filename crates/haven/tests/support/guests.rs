@@ -130,7 +130,11 @@ pub fn disk_count(lab: &Lab, volume: &str) -> (String, u64) {
     );
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let mut w = text.split_whitespace();
-    assert_eq!(w.next(), Some("HAVEN-COUNT"), "sector 0 of {volume}: {text:?}");
+    assert_eq!(
+        w.next(),
+        Some("HAVEN-COUNT"),
+        "sector 0 of {volume}: {text:?}"
+    );
     (
         w.next().unwrap().to_string(),
         w.next().unwrap().parse().unwrap(),

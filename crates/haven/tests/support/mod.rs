@@ -157,7 +157,11 @@ impl Lab {
             let run = self.dir.join(format!("host-{i}/data/run"));
             for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
                 if e.path().extension().and_then(|x| x.to_str()) == Some("pid") {
-                    if let Ok(pid) = std::fs::read_to_string(e.path()).unwrap_or_default().trim().parse() {
+                    if let Ok(pid) = std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .trim()
+                        .parse()
+                    {
                         pids.push(pid);
                     }
                 }
@@ -191,7 +195,10 @@ pub fn test_guest() -> &'static Path {
     static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     GUEST.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("haven-test-guest-{}", std::process::id()));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/build-test-guest");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/build-test-guest"
+        );
         run_tool(script, &[dir.to_str().unwrap()]);
         dir
     })
