@@ -113,3 +113,84 @@ fn a_host_crash_takes_its_qemus_and_a_restarted_agent_adopts_survivors() {
     }
     assert_ne!(qemu_pid(&lab, "host-1", "g"), pid);
 }
+
+#[test]
+fn bad_vm_requests_get_one_clear_error_and_change_nothing() {
+    let lab = Lab::up_with_hosts(1);
+    lab.ok(&["volume", "create", "v", "--size", "4MiB"]);
+    let g = support::test_guest();
+    let kernel = g.join("vmlinuz");
+    let kernel = kernel.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["vm", "create", "Bad_Name", "--disk", "v"],
+            "invalid VM name",
+        ),
+        (
+            &["vm", "create", "a", "--disk", "nosuch"],
+            "no volume named nosuch",
+        ),
+        (
+            &["vm", "create", "a", "--memory", "12XB", "--disk", "v"],
+            "12XB",
+        ),
+        (
+            &["vm", "create", "a", "--memory", "1MiB", "--disk", "v"],
+            "at least 32 MiB",
+        ),
+        (&["vm", "create", "a"], "needs a disk"),
+        (&["vm", "start", "nosuch"], "no VM named nosuch"),
+        (
+            &["vm", "migrate", "nosuch", "--to", "host-1"],
+            "no VM named nosuch",
+        ),
+        (&["host", "drain", "nosuch"], "no host named nosuch"),
+        (&["migration", "cancel", "99"], "no migration 99"),
+    ];
+    for (args, want) in cases {
+        let o = lab.cli(args);
+        let err = support::stderr(&o);
+        assert!(!o.status.success(), "haven {args:?} succeeded");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "haven {args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "haven {args:?}: {err}");
+    }
+    // A kernel that is not there: start fails with QEMU's reason, the VM stays stopped.
+    lab.ok(&[
+        "vm",
+        "create",
+        "k",
+        "--disk",
+        "v",
+        "--kernel",
+        "/nonexistent/vmlinuz",
+    ]);
+    let o = lab.cli(&["vm", "start", "k"]);
+    assert!(!o.status.success());
+    assert!(
+        support::stderr(&o).contains("could not start"),
+        "{}",
+        support::stderr(&o)
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["vm", "show", "k", "--json"])).unwrap();
+    assert_eq!(shown["running"], false, "{shown}");
+    assert!(shown["host"].is_null(), "{shown}");
+    // A disk of a VM cannot be deleted, nor given to a second VM.
+    let o = lab.cli(&["volume", "delete", "v"]);
+    assert!(
+        support::stderr(&o).contains("disk of VM k"),
+        "{}",
+        support::stderr(&o)
+    );
+    let o = lab.cli(&["vm", "create", "k2", "--disk", "v", "--kernel", kernel]);
+    assert!(
+        support::stderr(&o).contains("disk of VM k"),
+        "{}",
+        support::stderr(&o)
+    );
+    let list: serde_json::Value = serde_json::from_str(&lab.ok(&["vm", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}

@@ -356,7 +356,15 @@ async fn start_vm(
     loop {
         let state = m.control.state();
         let vm = vm_of(&state, &name)?;
-        let status = live_status(&state, &vm).await;
+        // Ask the host it was placed on: after a failed start the VM belongs to no host,
+        // and that host's agent holds the reason.
+        let status = match state.hosts.get(&host) {
+            Some(h) => agent(h, Duration::from_secs(2))
+                .get::<VmStatus>(&format!("/v1/vms/{name}"))
+                .await
+                .ok(),
+            None => None,
+        };
         match &status {
             Some(s) if s.state == "running" => return Ok(Json(VmView { vm, status })),
             Some(s) if !vm.running => {
