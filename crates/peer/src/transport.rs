@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames the writer task coalesces into one flush.
 const WRITE_BATCH: usize = 64;
+/// Answers a server queues for its writer before it stops reading the connection.
+const SERVER_QUEUE: usize = 1024;
 
 /// How a client connects and how long it waits.
 #[derive(Debug, Clone)]
@@ -261,7 +263,33 @@ impl Drop for Pending<'_> {
     }
 }
 
-async fn write_frames(write: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Bytes>) {
+/// Where a writer task takes its frames from: the client's unbounded queue (bounded in
+/// practice by the in-flight slots) or the server's bounded one (so that a peer that sends
+/// faster than it reads answers stops being read).
+trait FrameQueue: Send + 'static {
+    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+    fn try_recv(&mut self) -> Option<Bytes>;
+}
+
+impl FrameQueue for mpsc::UnboundedReceiver<Bytes> {
+    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
+    fn try_recv(&mut self) -> Option<Bytes> {
+        mpsc::UnboundedReceiver::try_recv(self).ok()
+    }
+}
+
+impl FrameQueue for mpsc::Receiver<Bytes> {
+    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+    fn try_recv(&mut self) -> Option<Bytes> {
+        mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
+async fn write_frames(write: OwnedWriteHalf, mut frames: impl FrameQueue) {
     let mut write = BufWriter::with_capacity(READ_CHUNK, write);
     while let Some(first) = frames.recv().await {
         let mut next = Some(first);
@@ -273,7 +301,7 @@ async fn write_frames(write: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver
             }
             written += 1;
             if written < WRITE_BATCH {
-                next = frames.try_recv().ok();
+                next = frames.try_recv();
             }
         }
         if let Err(e) = write.flush().await {
@@ -429,16 +457,20 @@ where
 {
     stream.set_nodelay(true)?;
     let (mut read, write) = stream.into_split();
-    let (out, frames) = mpsc::unbounded_channel();
+    let (out, frames) = mpsc::channel(SERVER_QUEUE);
     tokio::spawn(write_frames(write, frames));
     let (done, mut answers) = mpsc::unbounded_channel::<(u64, Message)>();
     let mut engine = ServerEngine::new(config.engine.clone());
     let decoder = Decoder::default();
     let handshake_deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let send = |frame: Frame| -> Result<(), Error> {
-        out.send(frame.to_bytes()?)
-            .map_err(|_| Error::Disconnected("writer gone".into()))
+    let send = |frame: Frame| {
+        let out = out.clone();
+        async move {
+            out.send(frame.to_bytes()?)
+                .await
+                .map_err(|_| Error::Disconnected("writer gone".into()))
+        }
     };
     loop {
         loop {
@@ -447,7 +479,7 @@ where
                 Ok(Some(frame)) => {
                     for action in engine.on_frame(frame, epoch)? {
                         match action {
-                            ServerAction::Send(frame) => send(frame)?,
+                            ServerAction::Send(frame) => send(frame).await?,
                             ServerAction::Established(e) => {
                                 tracing::debug!(
                                     peer = e.peer,
@@ -469,7 +501,7 @@ where
                 Err(WireError::Payload {
                     request_id, error, ..
                 }) => match engine.on_malformed_request(request_id, epoch, &error.to_string()) {
-                    Some(answer) => send(answer)?,
+                    Some(answer) => send(answer).await?,
                     None => {
                         return Err(WireError::Payload {
                             request_id,
@@ -494,7 +526,7 @@ where
             }
             Some((request_id, message)) = answers.recv() => {
                 let epoch = config.epoch.load(Ordering::Acquire);
-                send(answer_frame(&mut engine, request_id, epoch, message)?)?;
+                send(answer_frame(&mut engine, request_id, epoch, message)?).await?;
             }
             _ = tokio::time::sleep_until(handshake_deadline), if handshaking => {
                 return Err(Error::Timeout(config.handshake_timeout));
