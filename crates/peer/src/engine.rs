@@ -827,4 +827,49 @@ mod tests {
         assert_eq!(answer.request_id, 5);
         assert!(server.on_malformed_request(0, 0, "bad").is_none());
     }
+
+    proptest::proptest! {
+        /// Any number of requests (up to the limit), answered in any order, some abandoned
+        /// by the caller: each answer reaches the client once, as a response or as
+        /// abandoned, and both sides end with nothing in flight.
+        #[test]
+        fn answers_in_any_order_reach_the_client_once(
+            keys in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..=4),
+            abandon in proptest::collection::vec(proptest::prelude::any::<bool>(), 4),
+        ) {
+            let (mut client, mut server) = pair();
+            let ids: Vec<u64> = (0..keys.len() as u32)
+                .map(|i| {
+                    let f = client.request(0, read(i)).unwrap();
+                    handled(server.on_frame(f.clone(), 0).unwrap());
+                    f.request_id
+                })
+                .collect();
+            for (id, &gone) in ids.iter().zip(&abandon) {
+                if gone {
+                    client.abandon(*id);
+                }
+            }
+            // The answers go out in the order of the random keys.
+            let mut answer_order: Vec<(u64, usize)> =
+                keys.iter().copied().zip(0..ids.len()).collect();
+            answer_order.sort();
+            for (_, index) in answer_order {
+                let id = ids[index];
+                let frame = server.respond(id, 0, Message::Ok).unwrap();
+                let event = client.on_frame(frame).unwrap();
+                if abandon[index] {
+                    proptest::prop_assert_eq!(event, ClientEvent::Abandoned { request_id: id });
+                } else {
+                    let answered = matches!(
+                        event,
+                        ClientEvent::Response { request_id, .. } if request_id == id
+                    );
+                    proptest::prop_assert!(answered);
+                }
+            }
+            proptest::prop_assert_eq!(client.in_flight(), 0);
+            proptest::prop_assert_eq!(server.in_flight(), 0);
+        }
+    }
 }

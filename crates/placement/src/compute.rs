@@ -15,7 +15,7 @@
 //! 4. **Fill.** Each hole goes to a member below its quota that the group does not hold yet,
 //!    the most constrained first (fewest open groups left against what it still needs). If all such members are already in the group, copies placed earlier in the
 //!    pass are re-routed to make room, or, failing that, one existing copy swaps with another
-//!    group (always possible: see [`fill_holes`]).
+//!    group (always possible: see `fill_holes`).
 //! 5. **Primaries.** Primaries are apportioned by capacity as well (capped by the copies a
 //!    member holds); a group keeps its primary while that member is within its primary
 //!    quota; the rest are assigned greedily and balanced by augmenting paths.

@@ -6,7 +6,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | [`map`] | `MemberId`, `MemberInfo`, `PlacementMap` (serde), `moves(old, new)` |
-//! | [`compute`] | `compute(prev, members, replicas, pg_count)`: capacity-weighted, minimal movement |
+//! | [`mod@compute`] | `compute(prev, members, replicas, pg_count)`: capacity-weighted, minimal movement |
 //! | [`chunk`] | `Striping` / `pg_of`: volume bytes → placement groups (4 MiB chunks) |
 //! | [`dirty`] | `DirtyMap`: dirty granules per (volume, placement group) for resync |
 //!
