@@ -402,6 +402,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// This member's placement map epoch; the member updates it as the map changes.
     pub epoch: Arc<AtomicU64>,
+    /// The highest epoch a peer acted under that is newer than `epoch`: the member watches
+    /// it to fetch the newer map without waiting for the control plane to push it.
+    pub peer_ahead: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl ServerConfig {
@@ -410,6 +413,7 @@ impl ServerConfig {
             engine,
             handshake_timeout: Duration::from_secs(5),
             epoch,
+            peer_ahead: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -491,7 +495,14 @@ where
                                 spawn_handler(&handler, request, done.clone())
                             }
                             ServerAction::PeerAhead { epoch } => {
-                                tracing::info!(epoch, "a peer acts under a newer placement map")
+                                config.peer_ahead.send_if_modified(|highest| {
+                                    let newer = epoch > *highest;
+                                    if newer {
+                                        tracing::info!(epoch, "a peer acts under a newer map");
+                                        *highest = epoch;
+                                    }
+                                    newer
+                                });
                             }
                             ServerAction::Close => return Ok(()),
                         }

@@ -185,6 +185,23 @@ async fn a_stale_epoch_is_refused_before_the_handler_sees_it() {
     );
 }
 
+#[tokio::test]
+async fn a_newer_epoch_is_refused_and_announced() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig::new(Config::new(100, GROUP), Arc::new(AtomicU64::new(EPOCH)));
+    let mut ahead = config.peer_ahead.subscribe();
+    tokio::spawn(serve(listener, config, |_| async { Message::Ok }));
+    let client = client(addr, 1).await;
+    let err = client.call(EPOCH + 2, read(0)).await.unwrap_err();
+    assert_eq!(
+        err.remote().map(|r| r.code.clone()),
+        Some(ErrorCode::StaleEpoch { current: EPOCH })
+    );
+    ahead.changed().await.unwrap();
+    assert_eq!(*ahead.borrow(), EPOCH + 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_call_leaves_the_connection_usable() {
     let addr = start(|request: Request| async move {
