@@ -329,7 +329,9 @@ async fn read_responses(
                 }
                 Ok(None) => break,
                 Err(WireError::Payload {
-                    request_id, error, ..
+                    request_id,
+                    kind,
+                    error,
                 }) => {
                     let mut state = lock(&shared);
                     if !state.engine.on_malformed_response(request_id) {
@@ -340,7 +342,7 @@ async fn read_responses(
                     if let Some(reply) = state.waiters.remove(&request_id).and_then(|w| w.reply) {
                         let _ = reply.send(Err(Error::Wire(WireError::Payload {
                             request_id,
-                            kind: 0,
+                            kind,
                             error,
                         })));
                     }
@@ -510,13 +512,15 @@ where
                 }
                 Ok(None) => break,
                 Err(WireError::Payload {
-                    request_id, error, ..
+                    request_id,
+                    kind,
+                    error,
                 }) => match engine.on_malformed_request(request_id, epoch, &error.to_string()) {
                     Some(answer) => send(answer).await?,
                     None => {
                         return Err(WireError::Payload {
                             request_id,
-                            kind: 0,
+                            kind,
                             error,
                         }
                         .into())
