@@ -1,0 +1,63 @@
+//! The member-to-member protocol of a haven group.
+//!
+//! Members talk to each other to forward I/O to a placement group's primary, to copy writes
+//! from a primary to its replicas, and to find out what a returning replica missed. One TCP
+//! connection carries many requests at once (each has a request id; answers come back in
+//! any order), every frame carries the placement map epoch it was made under, and a
+//! data-path request under another epoch than the receiver's is refused (`StaleEpoch`).
+//!
+//! | module | holds | I/O? |
+//! | --- | --- | --- |
+//! | [`message`] | the messages and their payload encodings | no |
+//! | [`wire`] | frames: header with CRC32C, payload CRC32C, the incremental [`Decoder`] | no |
+//! | [`engine`] | handshake, request ids, in-flight limits, epoch refusals | no |
+//! | [`transport`] | [`PeerClient`] and [`serve`] over tokio TCP | sockets |
+//!
+//! # Handshake
+//!
+//! ```text
+//!  connecting member (ClientEngine)              accepting member (ServerEngine)
+//!   │ Hello{min..max version, member, group,        │
+//!   │       max_in_flight}  id 0, v1 framing ──────►│ group differs?   → Error{WrongGroup}, close
+//!   │                                               │ no common version→ Error{VersionMismatch}, close
+//!   │◄────── HelloAck{version = highest common,     │
+//!   │                 member, granted in-flight}    │
+//!   │ requests (ids 1, 2, 3 …) in that version ────►│
+//! ```
+//!
+//! # A replicated write
+//!
+//! ```text
+//!  initiator     member A (any)          member B (primary of pg)       replicas C, D
+//!     │ SCSI WRITE │                            │                             │
+//!     │───────────►│ pg_of(volume, offset) = pg │                             │
+//!     │            │ Write{vol,pg,off,data,fua} │                             │
+//!     │            │ epoch e ──────────────────►│ epoch == e? else StaleEpoch │
+//!     │            │                            │ write locally               │
+//!     │            │                            │ ReplicaWrite{…} epoch e ───►│ (each in-sync replica)
+//!     │            │                            │◄─────────────────────── Ok  │ (from every one)
+//!     │            │◄──────────────────────  Ok │                             │
+//!     │◄───────────│ SCSI GOOD                  │                             │
+//! ```
+//!
+//! A Flush forwarded to a primary becomes a ReplicaFlush to each of its replicas, answered
+//! once all are durable; a FUA write is durable on every copy before its Ok. A replica that
+//! was away asks the primary `DirtyQuery{pgs}` and copies back the regions it is told
+//! (`DirtyRegions`), reading them with `Read` under the current epoch.
+
+pub mod engine;
+pub mod error;
+pub mod message;
+pub mod transport;
+pub mod wire;
+
+pub use engine::{
+    ClientEngine, ClientEvent, Config, Established, Request, ServerAction, ServerEngine,
+};
+pub use error::{Error, ErrorKind, PayloadError, ProtocolError, WireError};
+pub use message::{
+    ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, MemberId, Message, PgId, ReadOp, Region,
+    VolumeId, WriteOp, MAX_DATA,
+};
+pub use transport::{serve, serve_connection, ClientConfig, PeerClient, ServerConfig};
+pub use wire::{Decoder, Frame, HEADER_LEN, MAX_PAYLOAD};

@@ -1,0 +1,697 @@
+//! The messages members exchange, and their payload encodings.
+//!
+//! Every integer is big-endian. Payloads are canonical: a decoder accepts exactly the bytes
+//! the encoder produces (no trailing bytes, no unknown flag bits, no non-UTF-8 text), so a
+//! frame that decodes re-encodes to the same bytes. Kinds with the top bit set are
+//! responses; the others are requests.
+
+use crate::error::PayloadError;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Largest data carried by one Write, ReplicaWrite, Read or Data message (16 MiB).
+pub const MAX_DATA: usize = 16 << 20;
+
+/// Longest error text carried by an Error message; longer text is cut at a char boundary.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// Members, volumes and groups are named by the numbers the control plane gave them.
+pub type MemberId = u64;
+pub type VolumeId = u64;
+pub type PgId = u32;
+
+/// The first message on a connection, from the side that connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Lowest protocol version the sender speaks.
+    pub min_version: u8,
+    /// Highest protocol version the sender speaks.
+    pub max_version: u8,
+    pub member: MemberId,
+    /// The group the sender belongs to; a member of another group is refused.
+    pub group: u128,
+    /// How many requests the sender may keep in flight on this connection.
+    pub max_in_flight: u32,
+}
+
+/// The accepting side's answer to [`Hello`]: the version both sides now use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloAck {
+    pub version: u8,
+    pub member: MemberId,
+    /// The in-flight limit the acceptor grants (never above what the Hello asked for).
+    pub max_in_flight: u32,
+}
+
+/// Data written at a byte offset of a volume, inside one placement group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOp {
+    pub volume: VolumeId,
+    pub pg: PgId,
+    pub offset: u64,
+    /// Force unit access: durable on every copy before the acknowledgement.
+    pub fua: bool,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOp {
+    pub volume: VolumeId,
+    pub pg: PgId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Make every acknowledged write of a volume durable (on every copy, for the primary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushOp {
+    pub volume: VolumeId,
+}
+
+/// A byte range of a volume inside one placement group: unmapped, or dirty while a replica
+/// was away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Region {
+    pub volume: VolumeId,
+    pub pg: PgId,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request was made under another map epoch than the receiver's `current`.
+    StaleEpoch { current: u64 },
+    /// The receiver is not the placement group's primary; `primary` is who it believes is.
+    NotPrimary { primary: Option<MemberId> },
+    /// The receiver is not an in-sync replica of the placement group.
+    NotInSync,
+    /// The receiver's storage failed.
+    Io,
+    /// The request was malformed or not allowed in this state.
+    Invalid,
+    /// No protocol version in common; the receiver speaks `min..=max`.
+    VersionMismatch { min: u8, max: u8 },
+    /// The sender belongs to another group.
+    WrongGroup,
+}
+
+/// An Error message: a code the sender can act on, and text for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub text: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        let mut text: String = text.into();
+        if text.len() > MAX_ERROR_TEXT {
+            let mut cut = MAX_ERROR_TEXT;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        ErrorReply { code, text }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.text)
+    }
+}
+
+/// One message of the member-to-member protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    /// A write forwarded to the placement group's primary (from any member).
+    Write(WriteOp),
+    /// A read forwarded to the placement group's primary.
+    Read(ReadOp),
+    /// A flush forwarded to a primary of some of the volume's placement groups.
+    Flush(FlushOp),
+    /// An unmap forwarded to the placement group's primary.
+    Unmap(Region),
+    /// The primary's copy of a write to one of its replicas.
+    ReplicaWrite(WriteOp),
+    /// The primary's flush of a replica.
+    ReplicaFlush(FlushOp),
+    /// The primary's copy of an unmap to one of its replicas.
+    ReplicaUnmap(Region),
+    /// Which regions of these placement groups (all, if empty) changed while the asking
+    /// member was away?
+    DirtyQuery {
+        pgs: Vec<PgId>,
+    },
+    Ping {
+        nonce: u64,
+    },
+
+    HelloAck(HelloAck),
+    Ok,
+    Data(Bytes),
+    Error(ErrorReply),
+    DirtyRegions(Vec<Region>),
+    Pong {
+        nonce: u64,
+    },
+}
+
+/// The kind byte of each message in a frame header.
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WRITE: u8 = 0x10;
+    pub const READ: u8 = 0x11;
+    pub const FLUSH: u8 = 0x12;
+    pub const UNMAP: u8 = 0x13;
+    pub const REPLICA_WRITE: u8 = 0x20;
+    pub const REPLICA_FLUSH: u8 = 0x21;
+    pub const REPLICA_UNMAP: u8 = 0x22;
+    pub const DIRTY_QUERY: u8 = 0x30;
+    pub const PING: u8 = 0x40;
+
+    pub const HELLO_ACK: u8 = 0x81;
+    pub const OK: u8 = 0x82;
+    pub const DATA: u8 = 0x83;
+    pub const ERROR: u8 = 0x84;
+    pub const DIRTY_REGIONS: u8 = 0x85;
+    pub const PONG: u8 = 0x86;
+
+    /// Responses have the top bit set.
+    pub const RESPONSE_BIT: u8 = 0x80;
+
+    pub fn is_known(kind: u8) -> bool {
+        matches!(
+            kind,
+            HELLO
+                | WRITE
+                | READ
+                | FLUSH
+                | UNMAP
+                | REPLICA_WRITE
+                | REPLICA_FLUSH
+                | REPLICA_UNMAP
+                | DIRTY_QUERY
+                | PING
+                | HELLO_ACK
+                | OK
+                | DATA
+                | ERROR
+                | DIRTY_REGIONS
+                | PONG
+        )
+    }
+}
+
+const WRITE_FUA: u8 = 0x01;
+const WRITE_FIXED: usize = 8 + 4 + 8 + 1;
+const REGION_LEN: usize = 8 + 4 + 8 + 8;
+
+const ERR_STALE_EPOCH: u8 = 1;
+const ERR_NOT_PRIMARY: u8 = 2;
+const ERR_NOT_IN_SYNC: u8 = 3;
+const ERR_IO: u8 = 4;
+const ERR_INVALID: u8 = 5;
+const ERR_VERSION_MISMATCH: u8 = 6;
+const ERR_WRONG_GROUP: u8 = 7;
+
+impl Message {
+    /// The kind byte this message travels under.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => kind::HELLO,
+            Message::Write(_) => kind::WRITE,
+            Message::Read(_) => kind::READ,
+            Message::Flush(_) => kind::FLUSH,
+            Message::Unmap(_) => kind::UNMAP,
+            Message::ReplicaWrite(_) => kind::REPLICA_WRITE,
+            Message::ReplicaFlush(_) => kind::REPLICA_FLUSH,
+            Message::ReplicaUnmap(_) => kind::REPLICA_UNMAP,
+            Message::DirtyQuery { .. } => kind::DIRTY_QUERY,
+            Message::Ping { .. } => kind::PING,
+            Message::HelloAck(_) => kind::HELLO_ACK,
+            Message::Ok => kind::OK,
+            Message::Data(_) => kind::DATA,
+            Message::Error(_) => kind::ERROR,
+            Message::DirtyRegions(_) => kind::DIRTY_REGIONS,
+            Message::Pong { .. } => kind::PONG,
+        }
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.kind() & kind::RESPONSE_BIT != 0
+    }
+
+    /// Data-path messages are only valid under the receiver's map epoch.
+    pub fn is_data_path(&self) -> bool {
+        matches!(
+            self,
+            Message::Write(_)
+                | Message::Read(_)
+                | Message::Flush(_)
+                | Message::Unmap(_)
+                | Message::ReplicaWrite(_)
+                | Message::ReplicaFlush(_)
+                | Message::ReplicaUnmap(_)
+                | Message::DirtyQuery { .. }
+        )
+    }
+
+    /// Bytes the payload takes on the wire.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Message::Hello(_) => 1 + 1 + 8 + 16 + 4,
+            Message::HelloAck(_) => 1 + 8 + 4,
+            Message::Write(w) | Message::ReplicaWrite(w) => WRITE_FIXED + w.data.len(),
+            Message::Read(_) => 8 + 4 + 8 + 4,
+            Message::Flush(_) | Message::ReplicaFlush(_) => 8,
+            Message::Unmap(_) | Message::ReplicaUnmap(_) => REGION_LEN,
+            Message::DirtyQuery { pgs } => 4 + 4 * pgs.len(),
+            Message::Ping { .. } | Message::Pong { .. } => 8,
+            Message::Ok => 0,
+            Message::Data(d) => d.len(),
+            Message::Error(e) => {
+                let arg = match e.code {
+                    ErrorCode::StaleEpoch { .. } => 8,
+                    ErrorCode::NotPrimary { .. } => 9,
+                    ErrorCode::VersionMismatch { .. } => 2,
+                    _ => 0,
+                };
+                1 + arg + 2 + e.text.len().min(MAX_ERROR_TEXT)
+            }
+            Message::DirtyRegions(r) => 4 + REGION_LEN * r.len(),
+        }
+    }
+
+    /// Append the payload to `dst`.
+    pub fn encode_payload(&self, dst: &mut BytesMut) {
+        match self {
+            Message::Hello(h) => {
+                dst.put_u8(h.min_version);
+                dst.put_u8(h.max_version);
+                dst.put_u64(h.member);
+                dst.put_u128(h.group);
+                dst.put_u32(h.max_in_flight);
+            }
+            Message::HelloAck(a) => {
+                dst.put_u8(a.version);
+                dst.put_u64(a.member);
+                dst.put_u32(a.max_in_flight);
+            }
+            Message::Write(w) | Message::ReplicaWrite(w) => {
+                dst.put_u64(w.volume);
+                dst.put_u32(w.pg);
+                dst.put_u64(w.offset);
+                dst.put_u8(if w.fua { WRITE_FUA } else { 0 });
+                dst.put_slice(&w.data);
+            }
+            Message::Read(r) => {
+                dst.put_u64(r.volume);
+                dst.put_u32(r.pg);
+                dst.put_u64(r.offset);
+                dst.put_u32(r.len);
+            }
+            Message::Flush(f) | Message::ReplicaFlush(f) => dst.put_u64(f.volume),
+            Message::Unmap(r) | Message::ReplicaUnmap(r) => put_region(dst, r),
+            Message::DirtyQuery { pgs } => {
+                dst.put_u32(pgs.len() as u32);
+                for pg in pgs {
+                    dst.put_u32(*pg);
+                }
+            }
+            Message::Ping { nonce } | Message::Pong { nonce } => dst.put_u64(*nonce),
+            Message::Ok => {}
+            Message::Data(d) => dst.put_slice(d),
+            Message::Error(e) => {
+                match e.code {
+                    ErrorCode::StaleEpoch { current } => {
+                        dst.put_u8(ERR_STALE_EPOCH);
+                        dst.put_u64(current);
+                    }
+                    ErrorCode::NotPrimary { primary } => {
+                        dst.put_u8(ERR_NOT_PRIMARY);
+                        dst.put_u8(primary.is_some() as u8);
+                        dst.put_u64(primary.unwrap_or(0));
+                    }
+                    ErrorCode::NotInSync => dst.put_u8(ERR_NOT_IN_SYNC),
+                    ErrorCode::Io => dst.put_u8(ERR_IO),
+                    ErrorCode::Invalid => dst.put_u8(ERR_INVALID),
+                    ErrorCode::VersionMismatch { min, max } => {
+                        dst.put_u8(ERR_VERSION_MISMATCH);
+                        dst.put_u8(min);
+                        dst.put_u8(max);
+                    }
+                    ErrorCode::WrongGroup => dst.put_u8(ERR_WRONG_GROUP),
+                }
+                let text = ErrorReply::new(e.code.clone(), e.text.clone()).text;
+                dst.put_u16(text.len() as u16);
+                dst.put_slice(text.as_bytes());
+            }
+            Message::DirtyRegions(regions) => {
+                dst.put_u32(regions.len() as u32);
+                for r in regions {
+                    put_region(dst, r);
+                }
+            }
+        }
+    }
+
+    /// Parse a payload of kind `kind` (whose CRC was already checked).
+    pub fn decode_payload(kind: u8, payload: Bytes) -> Result<Message, PayloadError> {
+        let mut r = Reader(payload);
+        let message = match kind {
+            kind::HELLO => Message::Hello(Hello {
+                min_version: r.u8()?,
+                max_version: r.u8()?,
+                member: r.u64()?,
+                group: r.u128()?,
+                max_in_flight: r.u32()?,
+            }),
+            kind::HELLO_ACK => Message::HelloAck(HelloAck {
+                version: r.u8()?,
+                member: r.u64()?,
+                max_in_flight: r.u32()?,
+            }),
+            kind::WRITE => Message::Write(r.write_op()?),
+            kind::REPLICA_WRITE => Message::ReplicaWrite(r.write_op()?),
+            kind::READ => {
+                let op = ReadOp {
+                    volume: r.u64()?,
+                    pg: r.u32()?,
+                    offset: r.u64()?,
+                    len: r.u32()?,
+                };
+                if op.len as usize > MAX_DATA {
+                    return Err(PayloadError::ReadTooLong { len: op.len });
+                }
+                Message::Read(op)
+            }
+            kind::FLUSH => Message::Flush(FlushOp { volume: r.u64()? }),
+            kind::REPLICA_FLUSH => Message::ReplicaFlush(FlushOp { volume: r.u64()? }),
+            kind::UNMAP => Message::Unmap(r.region()?),
+            kind::REPLICA_UNMAP => Message::ReplicaUnmap(r.region()?),
+            kind::DIRTY_QUERY => {
+                let count = r.count(4)?;
+                let mut pgs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    pgs.push(r.u32()?);
+                }
+                Message::DirtyQuery { pgs }
+            }
+            kind::PING => Message::Ping { nonce: r.u64()? },
+            kind::PONG => Message::Pong { nonce: r.u64()? },
+            kind::OK => Message::Ok,
+            kind::DATA => Message::Data(r.rest()),
+            kind::ERROR => Message::Error(r.error_reply()?),
+            kind::DIRTY_REGIONS => {
+                let count = r.count(REGION_LEN)?;
+                let mut regions = Vec::with_capacity(count);
+                for _ in 0..count {
+                    regions.push(r.region()?);
+                }
+                Message::DirtyRegions(regions)
+            }
+            other => return Err(PayloadError::UnknownKind { kind: other }),
+        };
+        if !r.0.is_empty() {
+            return Err(PayloadError::Trailing { extra: r.0.len() });
+        }
+        Ok(message)
+    }
+}
+
+fn put_region(dst: &mut BytesMut, r: &Region) {
+    dst.put_u64(r.volume);
+    dst.put_u32(r.pg);
+    dst.put_u64(r.offset);
+    dst.put_u64(r.len);
+}
+
+/// A cursor over a payload that reports truncation instead of panicking.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), PayloadError> {
+        if self.0.len() < n {
+            Err(PayloadError::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, PayloadError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, PayloadError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, PayloadError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, PayloadError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+    fn u128(&mut self) -> Result<u128, PayloadError> {
+        self.need(16)?;
+        Ok(self.0.get_u128())
+    }
+    fn bytes(&mut self, n: usize) -> Result<Bytes, PayloadError> {
+        self.need(n)?;
+        Ok(self.0.split_to(n))
+    }
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.0)
+    }
+    /// A u32 element count, checked against the bytes left so that a lying count cannot
+    /// make us allocate more than the payload itself.
+    fn count(&mut self, element_len: usize) -> Result<usize, PayloadError> {
+        let count = self.u32()? as usize;
+        let fits = matches!(count.checked_mul(element_len), Some(n) if n <= self.0.len());
+        if !fits {
+            return Err(PayloadError::Truncated);
+        }
+        Ok(count)
+    }
+    fn write_op(&mut self) -> Result<WriteOp, PayloadError> {
+        let volume = self.u64()?;
+        let pg = self.u32()?;
+        let offset = self.u64()?;
+        let flags = self.u8()?;
+        if flags & !WRITE_FUA != 0 {
+            return Err(PayloadError::UnknownFlags { flags });
+        }
+        let data = self.rest();
+        if data.len() > MAX_DATA {
+            return Err(PayloadError::DataTooLong { len: data.len() });
+        }
+        Ok(WriteOp {
+            volume,
+            pg,
+            offset,
+            fua: flags & WRITE_FUA != 0,
+            data,
+        })
+    }
+    fn region(&mut self) -> Result<Region, PayloadError> {
+        Ok(Region {
+            volume: self.u64()?,
+            pg: self.u32()?,
+            offset: self.u64()?,
+            len: self.u64()?,
+        })
+    }
+    fn error_reply(&mut self) -> Result<ErrorReply, PayloadError> {
+        let code = match self.u8()? {
+            ERR_STALE_EPOCH => ErrorCode::StaleEpoch {
+                current: self.u64()?,
+            },
+            ERR_NOT_PRIMARY => {
+                let present = self.u8()?;
+                let hint = self.u64()?;
+                match (present, hint) {
+                    (0, 0) => ErrorCode::NotPrimary { primary: None },
+                    (1, hint) => ErrorCode::NotPrimary {
+                        primary: Some(hint),
+                    },
+                    _ => return Err(PayloadError::BadErrorCode),
+                }
+            }
+            ERR_NOT_IN_SYNC => ErrorCode::NotInSync,
+            ERR_IO => ErrorCode::Io,
+            ERR_INVALID => ErrorCode::Invalid,
+            ERR_VERSION_MISMATCH => ErrorCode::VersionMismatch {
+                min: self.u8()?,
+                max: self.u8()?,
+            },
+            ERR_WRONG_GROUP => ErrorCode::WrongGroup,
+            _ => return Err(PayloadError::BadErrorCode),
+        };
+        let len = self.u16()? as usize;
+        if len > MAX_ERROR_TEXT {
+            return Err(PayloadError::TextTooLong { len });
+        }
+        let text = self.bytes(len)?;
+        let text = String::from_utf8(text.to_vec()).map_err(|_| PayloadError::BadUtf8)?;
+        Ok(ErrorReply { code, text })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(m: Message) {
+        let mut buf = BytesMut::new();
+        m.encode_payload(&mut buf);
+        assert_eq!(buf.len(), m.payload_len(), "{m:?}");
+        let back = Message::decode_payload(m.kind(), buf.freeze()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn every_kind_roundtrips() {
+        let region = Region {
+            volume: 7,
+            pg: 3,
+            offset: 1 << 20,
+            len: 4096,
+        };
+        let write = WriteOp {
+            volume: 1,
+            pg: 2,
+            offset: 512,
+            fua: true,
+            data: Bytes::from_static(b"hello"),
+        };
+        for m in [
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 3,
+                member: 9,
+                group: u128::MAX - 5,
+                max_in_flight: 64,
+            }),
+            Message::HelloAck(HelloAck {
+                version: 1,
+                member: 2,
+                max_in_flight: 32,
+            }),
+            Message::Write(write.clone()),
+            Message::ReplicaWrite(WriteOp {
+                fua: false,
+                ..write
+            }),
+            Message::Read(ReadOp {
+                volume: 1,
+                pg: 0,
+                offset: 0,
+                len: 4096,
+            }),
+            Message::Flush(FlushOp { volume: 4 }),
+            Message::ReplicaFlush(FlushOp { volume: 4 }),
+            Message::Unmap(region),
+            Message::ReplicaUnmap(region),
+            Message::DirtyQuery { pgs: vec![1, 2, 3] },
+            Message::DirtyQuery { pgs: vec![] },
+            Message::Ping { nonce: 42 },
+            Message::Pong { nonce: 42 },
+            Message::Ok,
+            Message::Data(Bytes::from_static(&[1, 2, 3])),
+            Message::Error(ErrorReply::new(
+                ErrorCode::StaleEpoch { current: 12 },
+                "epoch 11 < 12",
+            )),
+            Message::Error(ErrorReply::new(
+                ErrorCode::NotPrimary { primary: Some(0) },
+                "",
+            )),
+            Message::Error(ErrorReply::new(
+                ErrorCode::NotPrimary { primary: None },
+                "ask the map",
+            )),
+            Message::Error(ErrorReply::new(ErrorCode::NotInSync, "resyncing")),
+            Message::Error(ErrorReply::new(ErrorCode::Io, "disk")),
+            Message::Error(ErrorReply::new(ErrorCode::Invalid, "what")),
+            Message::Error(ErrorReply::new(
+                ErrorCode::VersionMismatch { min: 2, max: 4 },
+                "",
+            )),
+            Message::Error(ErrorReply::new(ErrorCode::WrongGroup, "ünïcode")),
+            Message::DirtyRegions(vec![region, region]),
+        ] {
+            roundtrip(m);
+        }
+    }
+
+    #[test]
+    fn long_error_text_is_cut_at_a_char_boundary() {
+        let reply = ErrorReply::new(ErrorCode::Io, "é".repeat(MAX_ERROR_TEXT));
+        assert!(reply.text.len() <= MAX_ERROR_TEXT);
+        assert!(reply.text.len() > MAX_ERROR_TEXT - 2);
+        roundtrip(Message::Error(reply));
+    }
+
+    #[test]
+    fn a_lying_count_is_refused_without_allocating() {
+        let payload = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]);
+        assert_eq!(
+            Message::decode_payload(kind::DIRTY_REGIONS, payload.clone()),
+            Err(PayloadError::Truncated)
+        );
+        assert_eq!(
+            Message::decode_payload(kind::DIRTY_QUERY, payload),
+            Err(PayloadError::Truncated)
+        );
+    }
+
+    #[test]
+    fn non_canonical_payloads_are_refused() {
+        // Trailing bytes after a Flush.
+        let flush = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1, 9]);
+        assert_eq!(
+            Message::decode_payload(kind::FLUSH, flush),
+            Err(PayloadError::Trailing { extra: 1 })
+        );
+        // A write flag bit nobody defined.
+        let mut w = BytesMut::new();
+        w.put_u64(1);
+        w.put_u32(1);
+        w.put_u64(1);
+        w.put_u8(0x02);
+        assert_eq!(
+            Message::decode_payload(kind::WRITE, w.freeze()),
+            Err(PayloadError::UnknownFlags { flags: 2 })
+        );
+        // "No primary" with a hint.
+        let e = Bytes::from_static(&[ERR_NOT_PRIMARY, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0]);
+        assert_eq!(
+            Message::decode_payload(kind::ERROR, e),
+            Err(PayloadError::BadErrorCode)
+        );
+        // Text that is not UTF-8.
+        let e = Bytes::from_static(&[ERR_IO, 0, 1, 0xff]);
+        assert_eq!(
+            Message::decode_payload(kind::ERROR, e),
+            Err(PayloadError::BadUtf8)
+        );
+    }
+
+    #[test]
+    fn oversized_reads_are_refused() {
+        let mut r = BytesMut::new();
+        r.put_u64(1);
+        r.put_u32(1);
+        r.put_u64(0);
+        r.put_u32(MAX_DATA as u32 + 1);
+        assert!(matches!(
+            Message::decode_payload(kind::READ, r.freeze()),
+            Err(PayloadError::ReadTooLong { .. })
+        ));
+    }
+}
