@@ -382,6 +382,28 @@ fn a_guest_dirtying_memory_migrates_with_downtime_near_plain_qemu() {
             plain[round], ours[round], m["end"]["total_ms"]
         );
     }
+    // Opt-in post-copy: a capped copy of a guest that keeps dirtying switches to post-copy
+    // and completes on the destination, storage handover included.
+    let from = vm_host(&lab, "d");
+    let to = if from == "host-1" { "host-2" } else { "host-1" };
+    let m = migrate(
+        &lab,
+        "d",
+        &["--to", to, "--postcopy", "--max-bandwidth", "64MiB"],
+    );
+    assert_eq!(m["state"], "completed", "{m}");
+    println!(
+        "post-copy migration: downtime {} ms, total {} ms",
+        m["end"]["downtime_ms"], m["end"]["total_ms"]
+    );
+    assert_eq!(vm_host(&lab, "d"), to);
+    assert!(!write_as(&lab, "d-disk", &host_iqn(&from)));
+    let passes = console_text(&lab, "d").matches("HAVEN-DIRTY-PASS").count();
+    let t = std::time::Instant::now();
+    while console_text(&lab, "d").matches("HAVEN-DIRTY-PASS").count() <= passes {
+        assert!(t.elapsed() < BOOT, "the guest stopped after post-copy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (p, o) = (*plain.iter().max().unwrap(), *ours.iter().max().unwrap());
     println!("memory-dirtying guest: worst downtime plain QEMU {p} ms, haven {o} ms");
     // Twice plain QEMU's, with 20 ms for the noise of two busy cores.
