@@ -368,6 +368,23 @@ impl ClusterState {
                 Outcome::Vm(vm.clone())
             }
             VmStopped { name, host } => {
+                // A queued migration of a VM that stopped has nothing left to move; an
+                // active one is settled by its driver first.
+                if let Some(m) = self.active_migration(&name).cloned() {
+                    if m.state != MigrationState::Queued {
+                        return refuse(
+                            RefusalKind::Busy,
+                            format!("VM {name} is migrating (migration {})", m.id),
+                        );
+                    }
+                    if m.from == host {
+                        let q = self.migrations.get_mut(&m.id).expect("found above");
+                        q.state = MigrationState::Cancelled;
+                        q.end = Some(MigrationResult::Cancelled {
+                            reason: "the VM stopped".into(),
+                        });
+                    }
+                }
                 let Some(vm) = self.vms.get_mut(&name) else {
                     return no_vm(&name);
                 };
@@ -378,6 +395,15 @@ impl ClusterState {
                 Outcome::Vm(vm.clone())
             }
             AttachDisk { vm, volume } => {
+                if let Some(m) = self.active_migration(&vm) {
+                    return refuse(
+                        RefusalKind::Busy,
+                        format!(
+                            "VM {vm} is migrating (migration {}); try again after it",
+                            m.id
+                        ),
+                    );
+                }
                 if !self.volumes.contains_key(&volume) {
                     return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
                 }
@@ -394,6 +420,15 @@ impl ClusterState {
                 Outcome::Vm(v.clone())
             }
             DetachDisk { vm, volume } => {
+                if let Some(m) = self.active_migration(&vm) {
+                    return refuse(
+                        RefusalKind::Busy,
+                        format!(
+                            "VM {vm} is migrating (migration {}); try again after it",
+                            m.id
+                        ),
+                    );
+                }
                 let Some(v) = self.vms.get_mut(&vm) else {
                     return no_vm(&vm);
                 };
