@@ -63,7 +63,7 @@ pub(crate) fn parse_name(n: &str) -> Option<u64> {
 
 /// Each block's crc, as a record carries them.
 pub(crate) fn block_crcs(data: &[u8], bs: usize) -> Vec<u32> {
-    data.chunks(bs).map(crc32c::crc32c).collect()
+    crate::crc::blocks_vec(data, bs)
 }
 
 /// Encode a record's header (everything before the data, which follows it unchanged)

@@ -25,6 +25,8 @@ const OLD: TableDefinition<(u64, u64, u64), (u64, u8)> = TableDefinition::new("o
 const DATA_FILE: &str = "extents.dat";
 const INDEX_FILE: &str = "index.redb";
 const SHARDS: usize = 64;
+/// Blocks per extent a read handles with buffers on the stack (32 KiB of 512-byte blocks).
+const SMALL_READ: usize = 64;
 type DResult<T> = std::result::Result<T, DeviceError>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1563,8 +1565,9 @@ impl Inner {
         let read_run = |run: &[&(u32, OvBlock)], buf: &mut [u8]| -> Result<()> {
             let first = &run[0].1;
             first.jf.file.read_at(buf, first.off)?;
-            for ((_, o), blk) in run.iter().map(|b| (b.0, &b.1)).zip(buf.chunks(bs)) {
-                if crc32c::crc32c(blk) != o.crc {
+            let crcs = crate::crc::blocks_vec(buf, bs);
+            for (o, got) in run.iter().map(|b| &b.1).zip(crcs) {
+                if got != o.crc {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
                         format!("journal {} block at {} fails its checksum", o.jf.gen, o.off),
@@ -1781,10 +1784,21 @@ impl Volume {
         let inner = &self.inner;
         let n = (buf.len() / bs) as u64;
         let mut b = lba;
-        // The slot header's crc and flags of the blocks read; on the stack, and the
-        // journal hits only collected when the extent has any: a read of blocks that
-        // were checkpointed allocates nothing here.
-        let mut hb = [0u8; HEADER as usize];
+        // The slot header's crc and flags of the blocks read, and their computed crcs:
+        // on the stack for reads of up to 64 blocks per extent, and only as large as
+        // needed (zeroing a whole 4 KiB header per read was 40% of a 4 KiB read's
+        // instructions). Journal hits are only collected when the extent has any.
+        let most = (n as usize).min(self.bpe as usize);
+        let mut hb_stack = [0u8; SMALL_READ * 8];
+        let mut crc_stack = [0u32; SMALL_READ];
+        let (mut hb_heap, mut crc_heap) = (Vec::new(), Vec::new());
+        let (hb, crcs): (&mut [u8], &mut [u32]) = if most <= SMALL_READ {
+            (&mut hb_stack, &mut crc_stack)
+        } else {
+            hb_heap.resize(most * 8, 0);
+            crc_heap.resize(most, 0);
+            (&mut hb_heap, &mut crc_heap)
+        };
         let mut hits: Vec<Option<OvBlock>> = Vec::new();
         while b < lba + n {
             let x = b / self.bpe;
@@ -1815,24 +1829,44 @@ impl Volume {
                 }
                 None => out.fill(0),
             }
-            for i in 0..cnt {
-                let blk = &mut out[i * bs..(i + 1) * bs];
-                let crc = match hits.get(i).and_then(Option::as_ref) {
-                    Some(o) => {
-                        o.jf.file.read_at(blk, o.off)?;
-                        o.crc
+            // Journaled blocks over the extent's: one read per run that one write put
+            // in the journal side by side.
+            let mut i = 0;
+            while i < hits.len() {
+                let Some(o) = &hits[i] else {
+                    i += 1;
+                    continue;
+                };
+                let mut j = i + 1;
+                while let Some(Some(n)) = hits.get(j) {
+                    if !Arc::ptr_eq(&n.jf, &o.jf) || n.off != o.off + ((j - i) * bs) as u64 {
+                        break;
                     }
+                    j += 1;
+                }
+                o.jf.file.read_at(&mut out[i * bs..j * bs], o.off)?;
+                i = j;
+            }
+            if src.is_none() && hits.is_empty() {
+                // A hole: zeroes, nothing to check.
+                b += cnt as u64;
+                continue;
+            }
+            crate::crc::blocks(out, bs, crcs);
+            for (i, got) in crcs.iter().enumerate().take(cnt) {
+                let crc = match hits.get(i).and_then(Option::as_ref) {
+                    Some(o) => o.crc,
                     None if src.is_some() => {
-                        let (crc, fl) = hdr(&hb, i);
+                        let (crc, fl) = hdr(hb, i);
                         if fl & MAPPED == 0 {
-                            blk.fill(0);
+                            out[i * bs..(i + 1) * bs].fill(0);
                             continue;
                         }
                         crc
                     }
                     None => continue,
                 };
-                if crc32c::crc32c(blk) != crc {
+                if *got != crc {
                     inner.medium_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(volume = self.id, lba = b + i as u64, "checksum mismatch");
                     return Err(DeviceError::Medium { lba: b + i as u64 });
