@@ -235,12 +235,10 @@ impl LogicalUnit {
     }
 
     fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8], spare: Vec<u8>) -> CmdResult {
-        self.ua.touch(nexus);
+        // One lookup registers the nexus and checks its unit attentions.
         let op = raw.first().copied().unwrap_or(0);
-        if !raw.is_empty() && !ua_exempt(op) {
-            if let Some(ua) = self.ua.take(nexus) {
-                return Err(ua.into());
-            }
+        if let Some(ua) = self.ua.touch_take(nexus, !raw.is_empty() && !ua_exempt(op)) {
+            return Err(ua.into());
         }
         let cdb = Cdb::parse(raw)?;
         let info = match rsoc::lookup(cdb.op(), cdb.sa()) {
