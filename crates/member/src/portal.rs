@@ -125,6 +125,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     // Reused for every batch: the session appends, the loop below drains.
     let mut actions: Vec<Action> = Vec::with_capacity(64);
     let pool = exec::BufPool::default();
+    let mut completed: Vec<Action> = Vec::with_capacity(8);
 
     'conn: loop {
         send_some(&stream, &mut out)?;
@@ -268,7 +269,6 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
         else {
             continue;
         };
-        // Inline completions append to `actions`, so walk it by index.
         let mut i = 0;
         while i < actions.len() {
             let a = std::mem::replace(&mut actions[i], Action::Close);
@@ -286,7 +286,19 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     let Some(vol) = volume.clone() else { continue };
                     if exec::runs_inline(&cmd, &vol) {
                         let (outcome, described) = exec::execute(&vol, nexus, &cmd, &pool);
-                        session.complete_into(cmd.itt, outcome, described, &mut actions);
+                        session.complete_into(cmd.itt, outcome, described, &mut completed);
+                        // Framed at once, sent with the rest of the batch: answering
+                        // each command as it completes measured slower (the initiator's
+                        // next batch waits for its last answer either way, and every
+                        // send is a system call on both sides).
+                        for a in completed.drain(..) {
+                            if let Action::Send(p) = a {
+                                codec.encode_to(p, &mut out);
+                            }
+                        }
+                        if out.len() >= SEND_EARLY {
+                            send_some(&stream, &mut out)?;
+                        }
                         continue;
                     }
                     let nexus = nexus.clone();

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use iscsi::session::{tmf_response, Outcome, Tmf};
 use iscsi::Command;
 use scsi::{NexusId, TaskManagement, TmfResult};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The LUN number of a single-level LUN (peripheral or flat addressing), if it is one.
@@ -27,7 +28,8 @@ pub(super) fn parse_lun(lun: u64) -> Option<u16> {
 
 /// Transfers above this go to the blocking pool even when they could run inline: at
 /// 1 MiB the copy and checksum take hundreds of microseconds, long enough that running
-/// several at once (and sending one while the next is read) beats saving the hand-off.
+/// several at once (and sending one while the next is read) beats saving the hand-off
+/// (1 MiB reads at QD8: 1,384–1,591 IOPS this way, 1,181–1,246 all inline).
 const INLINE_MAX: u32 = 128 * 1024;
 
 /// Whether `cmd` is cheap and cannot wait on the disk: it may run on the connection task.
@@ -50,21 +52,57 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
 
 /// Data-In buffers of one connection, handed back when the bytes they held were sent.
 #[derive(Clone, Default)]
-pub(super) struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+pub(super) struct BufPool(Arc<Mutex<Pool>>);
 
-/// Buffers kept per connection, and the most bytes they may hold together: enough for
-/// a 4 KiB workload at the session's queue depth, or a few large reads, while 64 idle
-/// sessions keep little memory.
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Buffers kept per connection and the bytes they may hold: a 4 KiB workload at the
+/// session's queue depth, or 1 MiB reads at QD8. All connections together keep at most
+/// [`POOLED_MAX`], so many sessions that once read large blocks do not pin memory.
 const POOL_BUFS: usize = 32;
-const POOL_BYTES: usize = 4 << 20;
+const POOL_BYTES: usize = 8 << 20;
+const POOLED_MAX: usize = 64 << 20;
+static POOLED: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        POOLED.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 impl BufPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take(&self) -> Vec<u8> {
-        self.lock().pop().unwrap_or_default()
+        let mut p = self.lock();
+        match p.bufs.pop() {
+            Some(b) => {
+                p.bytes -= b.capacity();
+                POOLED.fetch_sub(b.capacity(), Ordering::Relaxed);
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        let mut p = self.lock();
+        if p.bufs.len() >= POOL_BUFS || p.bytes + cap > POOL_BYTES {
+            return;
+        }
+        if POOLED.fetch_add(cap, Ordering::Relaxed) + cap > POOLED_MAX {
+            POOLED.fetch_sub(cap, Ordering::Relaxed);
+            return;
+        }
+        p.bytes += cap;
+        p.bufs.push(buf);
     }
 
     fn wrap(&self, data: Vec<u8>) -> Bytes {
@@ -91,12 +129,7 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        let mut p = self.pool.lock();
-        let held: usize = p.iter().map(Vec::capacity).sum();
-        if p.len() < POOL_BUFS && held + buf.capacity() <= POOL_BYTES {
-            p.push(buf);
-        }
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
