@@ -12,7 +12,8 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::parse();
     logging::init(args.log_format, args.command.is_daemon());
-    // A bounded blocking pool: every SCSI command runs there, and each extra thread costs
+    // A bounded blocking pool: SCSI commands that may wait on the disk run there (reads
+    // and cached writes run on the connection's task), and each extra thread costs
     // memory (stack, allocator arena) that is not given back.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(64)

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod directory;
 pub mod keys;
 pub mod login;
+pub mod outq;
 pub mod pdu;
 pub mod session;
 pub mod text;
@@ -18,6 +19,7 @@ pub mod text;
 pub use codec::{Codec, CodecError, Encoded};
 pub use directory::{ChapSecrets, Directory, Lookup, TargetRecord};
 pub use login::{Login, LoginOutcome, LoginStep};
+pub use outq::Outgoing;
 pub use pdu::{Opcode, Pdu};
 pub use session::{Action, Command, Outcome, Session, Tmf};
 

@@ -18,6 +18,7 @@ use crate::pdu::{flags, sn_le, sn_lt, Opcode, Pdu, RESERVED_TAG};
 use crate::text;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 /// Commands an initiator may have outstanding beyond ExpCmdSN.
@@ -122,7 +123,7 @@ struct Task {
     edtl: u32,
     read: bool,
     write: bool,
-    buf: BytesMut,
+    data: DataOut,
     /// Bytes of unsolicited Data-Out still allowed.
     unsolicited_left: u32,
     /// Next offset an R2T will ask for.
@@ -138,13 +139,78 @@ struct Task {
     aborted: bool,
 }
 
+/// Tasks by ITT, held commands by CmdSN: 32-bit keys, looked up several times per
+/// command. The map is per connection, so an initiator choosing colliding tags only
+/// slows itself; a folded multiply is enough and much cheaper than SipHash.
+type TagMap<V> = HashMap<u32, V, BuildHasherDefault<TagHasher>>;
+
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        // Mixes every key bit into both ends: hashbrown takes the bucket from the low
+        // bits and the tag from the high ones.
+        let p = u128::from(self.0) * 0x9e37_79b9_7f4a_7c15;
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v);
+    }
+}
+
+/// The Data-Out bytes of a write received so far. A command whose data arrives in one
+/// segment (4 KiB writes with immediate data) keeps that segment as it was received, so
+/// the bytes go from the receive buffer to the store without a copy; data in several
+/// segments is gathered into one buffer.
+#[derive(Debug, Default)]
+struct DataOut {
+    whole: Bytes,
+    gathered: BytesMut,
+}
+
+impl DataOut {
+    fn len(&self) -> usize {
+        self.whole.len() + self.gathered.len()
+    }
+
+    fn append(&mut self, data: &Bytes, edtl: u32) {
+        if data.is_empty() {
+            return;
+        }
+        if self.len() == 0 {
+            self.whole = data.clone();
+            return;
+        }
+        if !self.whole.is_empty() {
+            self.gathered.reserve(edtl as usize);
+            self.gathered.extend_from_slice(&self.whole);
+            self.whole = Bytes::new();
+        }
+        self.gathered.extend_from_slice(data);
+    }
+
+    fn take(&mut self) -> Bytes {
+        if self.gathered.is_empty() {
+            std::mem::take(&mut self.whole)
+        } else {
+            std::mem::take(&mut self.gathered).freeze()
+        }
+    }
+}
+
 /// One full-feature connection (and its session: one connection per session).
 pub struct Session {
     pub info: LoginOutcome,
     exp_cmd_sn: u32,
     stat_sn: u32,
-    tasks: HashMap<u32, Task>,
-    held: HashMap<u32, Pdu>,
+    tasks: TagMap<Task>,
+    held: TagMap<Pdu>,
     next_ttt: u32,
     text_in: Vec<u8>,
     text_out: Option<(u32, Vec<u8>)>,
@@ -161,8 +227,8 @@ impl Session {
             exp_cmd_sn: info.exp_cmd_sn,
             stat_sn: info.stat_sn,
             info,
-            tasks: HashMap::new(),
-            held: HashMap::new(),
+            tasks: TagMap::default(),
+            held: TagMap::default(),
             next_ttt: 1,
             text_in: Vec::new(),
             text_out: None,
@@ -237,11 +303,23 @@ impl Session {
 
     /// Consume one PDU from the initiator.
     pub fn on_pdu(&mut self, pdu: Pdu, dir: &dyn Directory, now: Instant) -> Vec<Action> {
-        self.last_rx = now;
         let mut out = Vec::new();
+        self.on_pdu_into(pdu, dir, now, &mut out);
+        out
+    }
+
+    /// As [`Session::on_pdu`], appending the actions to `out` (a driver reuses one vector).
+    pub fn on_pdu_into(
+        &mut self,
+        pdu: Pdu,
+        dir: &dyn Directory,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.last_rx = now;
         while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch(next, dir, now, &mut out);
+            self.dispatch(next, dir, now, out);
         }
         let op = pdu.opcode();
         // PDUs that carry a CmdSN are admitted in order within the window.
@@ -264,22 +342,21 @@ impl Session {
                     exp = self.exp_cmd_sn,
                     "command outside the CmdSN window dropped"
                 );
-                return out;
+                return;
             }
             if sn != self.exp_cmd_sn {
                 self.held.insert(sn, pdu);
-                return out;
+                return;
             }
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            self.dispatch(pdu, dir, now, &mut out);
+            self.dispatch(pdu, dir, now, out);
             while let Some(next) = self.held.remove(&self.exp_cmd_sn) {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                self.dispatch(next, dir, now, &mut out);
+                self.dispatch(next, dir, now, out);
             }
         } else {
-            self.dispatch(pdu, dir, now, &mut out);
+            self.dispatch(pdu, dir, now, out);
         }
-        out
     }
 
     fn dispatch(&mut self, pdu: Pdu, dir: &dyn Directory, now: Instant, out: &mut Vec<Action>) {
@@ -340,10 +417,9 @@ impl Session {
         } else {
             0
         };
-        let mut buf = BytesMut::new();
+        let mut data = DataOut::default();
         if write {
-            buf.reserve(edtl as usize);
-            buf.extend_from_slice(&pdu.data);
+            data.append(&pdu.data, edtl);
         }
         let task = Task {
             lun: pdu.lun(),
@@ -351,7 +427,7 @@ impl Session {
             edtl,
             read,
             write,
-            buf,
+            data,
             unsolicited_left: unsolicited,
             next_r2t_offset: immediate + unsolicited,
             r2ts: VecDeque::new(),
@@ -377,14 +453,14 @@ impl Session {
             if t.executing {
                 return;
             }
-            let have = t.buf.len() as u32;
+            let have = t.data.len() as u32;
             if !t.write || have >= t.edtl {
                 t.executing = true;
                 let cmd = Command {
                     itt,
                     lun: t.lun,
                     cdb: std::mem::take(&mut t.cdb),
-                    data_out: std::mem::take(&mut t.buf).freeze(),
+                    data_out: t.data.take(),
                     expected_len: t.edtl,
                     read: t.read,
                     write: t.write,
@@ -451,7 +527,7 @@ impl Session {
                     return;
                 }
                 t.next_data_sn = t.next_data_sn.wrapping_add(1);
-                let in_order = offset == t.buf.len() as u32
+                let in_order = offset == t.data.len() as u32
                     && offset.checked_add(len).is_some_and(|e| e <= t.edtl);
                 if !in_order {
                     false
@@ -462,10 +538,10 @@ impl Session {
                         t.unsolicited_left -= len;
                         if fin {
                             // The unsolicited burst ended (perhaps short of FirstBurstLength).
-                            t.next_r2t_offset = t.buf.len() as u32 + len;
+                            t.next_r2t_offset = t.data.len() as u32 + len;
                             t.unsolicited_left = 0;
                         }
-                        t.buf.extend_from_slice(&pdu.data);
+                        t.data.append(&pdu.data, t.edtl);
                         true
                     }
                 } else {
@@ -475,8 +551,8 @@ impl Session {
                             if offset < o || offset + len > o + l {
                                 false
                             } else {
-                                t.buf.extend_from_slice(&pdu.data);
-                                if fin || t.buf.len() as u32 >= o + l {
+                                t.data.append(&pdu.data, t.edtl);
+                                if fin || t.data.len() as u32 >= o + l {
                                     t.r2ts.remove(i);
                                 }
                                 true
@@ -512,11 +588,23 @@ impl Session {
         described_out: Option<u64>,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        self.complete_into(itt, outcome, described_out, &mut out);
+        out
+    }
+
+    /// As [`Session::complete_with_described`], appending the actions to `out`.
+    pub fn complete_into(
+        &mut self,
+        itt: u32,
+        outcome: Outcome,
+        described_out: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
         let Some(task) = self.tasks.remove(&itt) else {
-            return out;
+            return;
         };
         if task.aborted {
-            return out;
+            return;
         }
         let edtl = task.edtl as usize;
         if task.read && !outcome.data.is_empty() && edtl > 0 {
@@ -559,11 +647,11 @@ impl Session {
                 data_sn += 1;
             }
             if with_status {
-                return out;
+                return;
             }
             let resp = self.scsi_response(itt, outcome.status, outcome.sense, flag, residual);
             out.push(Action::Send(resp));
-            return out;
+            return;
         }
         let (flag, residual) = if task.read {
             residual(outcome.data.len(), edtl)
@@ -579,7 +667,6 @@ impl Session {
         };
         let resp = self.scsi_response(itt, outcome.status, outcome.sense, flag, residual);
         out.push(Action::Send(resp));
-        out
     }
 
     fn scsi_response(

@@ -1,19 +1,29 @@
 //! iSCSI portals: accept TCP connections and drive the iSCSI engines over them.
 //!
-//! One task per connection owns the engine (login, then the session) and the read half
-//! of the socket; a writer task owns the write half. SCSI commands run on tokio's
-//! blocking pool (the store does file I/O) and come back as completions.
+//! One task per connection owns the socket and the engine (login, then the session):
+//!
+//! * it reads what the socket has (one `recv` for many PDUs at queue depth), decodes
+//!   every complete PDU and feeds it to the session;
+//! * reads and cached writes execute inline (see [`exec`]); other commands and task
+//!   management run on tokio's blocking pool and come back as completions;
+//! * every PDU to send is framed onto one [`Outgoing`] queue, and the queue goes out with
+//!   one `writev` once the batch is processed — no writer task, no channel per PDU.
+//!
+//! While the queue holds more than [`OUT_HIGH`] bytes the task stops reading, so a peer
+//! that does not read its responses cannot make the member buffer without bound.
+
+mod exec;
 
 use crate::directory::PortalDirectory;
 use crate::registry::{SessionKey, VolumeHandle};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use iscsi::keys::TargetLimits;
-use iscsi::session::{tmf_response, Action, Outcome, Tmf};
-use iscsi::{Codec, CodecError, Encoded, Login, LoginStep, Session};
-use scsi::{NexusId, TaskManagement, TmfResult};
+use iscsi::session::{Action, Outcome, Tmf};
+use iscsi::{Codec, CodecError, Login, LoginStep, Outgoing, Session};
+use scsi::NexusId;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -52,68 +62,39 @@ enum Phase {
     },
 }
 
-async fn writer(
-    stream: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Encoded>,
-) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(64 * 1024, stream);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(e) = next {
-            w.write_all(&e.head).await?;
-            w.write_all(&e.data).await?;
-            w.write_all(&e.tail).await?;
-            next = rx.try_recv().ok();
+/// Stop reading while this much is waiting to be sent.
+const OUT_HIGH: usize = 4 << 20;
+/// Size of a receive buffer, and the least room left in one worth reading into.
+const READ_CHUNK: usize = 64 * 1024;
+const MIN_READ: usize = 4096;
+/// Send without waiting for the end of the batch once this much is queued.
+const SEND_EARLY: usize = 256 * 1024;
+/// Slices per `writev`.
+const IOV: usize = 64;
+
+/// Send what the socket takes now; the rest stays queued.
+fn send_some(stream: &TcpStream, out: &mut Outgoing) -> std::io::Result<()> {
+    while !out.is_empty() {
+        let mut sl = [IoSlice::new(&[]); IOV];
+        let n = out.io_slices(&mut sl);
+        match stream.try_write_vectored(&sl[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(k) => out.advance(k),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
         }
-        w.flush().await?;
     }
     Ok(())
 }
 
-fn parse_lun(lun: u64) -> Option<u16> {
-    let b = lun.to_be_bytes();
-    let method = b[0] >> 6;
-    if (method == 0 || method == 1) && b[2..].iter().all(|&x| x == 0) {
-        Some((((b[0] & 0x3f) as u16) << 8) | b[1] as u16)
-    } else {
-        None
-    }
-}
-
-/// Answer a command addressed to a LUN that does not exist (only LUN 0 does).
-fn no_such_lun(cdb: &[u8], lu: &scsi::LogicalUnit, nexus: &NexusId) -> Outcome {
-    match cdb.first() {
-        Some(0x12) => {
-            // INQUIRY: peripheral qualifier 3 (no LU here), device type 0x1f.
-            let alloc = cdb
-                .get(3..5)
-                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-                .unwrap_or(0);
-            let mut d = vec![0u8; 36];
-            d[0] = 0x7f;
-            d[2] = 0x06;
-            d[3] = 0x02;
-            d[4] = 31;
-            d.truncate(alloc);
-            Outcome {
-                status: 0,
-                sense: None,
-                data: Bytes::from(d),
-            }
+/// Send everything queued, waiting for the socket as needed.
+async fn send_all(stream: &TcpStream, out: &mut Outgoing) -> std::io::Result<()> {
+    loop {
+        send_some(stream, out)?;
+        if out.is_empty() {
+            return Ok(());
         }
-        Some(0xa0) | Some(0x03) => {
-            let r = lu.execute(nexus, cdb, &[]);
-            Outcome {
-                status: r.status,
-                sense: r.sense,
-                data: Bytes::from(r.data),
-            }
-        }
-        _ => Outcome {
-            status: scsi::status::CHECK_CONDITION,
-            sense: Some(iscsi::sense_bytes(0x05, 0x25, 0x00)),
-            data: Bytes::new(),
-        },
+        stream.writable().await?;
     }
 }
 
@@ -121,11 +102,9 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?.to_string();
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Encoded>(512);
-    let writer_task = tokio::spawn(writer(wr, rx));
-    // A finished command: its ITT, the outcome and (for writes) how many Data-Out bytes
-    // the CDB described, for the residual.
+    let mut out = Outgoing::default();
+    // A command finished on the blocking pool: its ITT, the outcome and (for writes) how
+    // many Data-Out bytes the CDB described, for the residual.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, Outcome, Option<u64>)>();
     let (tmf_tx, mut tmf_rx) = mpsc::unbounded_channel::<(u32, Tmf, u8)>();
     let limits = TargetLimits::default();
@@ -134,7 +113,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
         ..Codec::default()
     };
     let mut phase = Phase::Login(Login::new(limits.clone(), rand_stat_sn()));
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let mut session_key: Option<(SessionKey, u64)> = None;
@@ -143,13 +122,30 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     let mut close_signal = Arc::new(tokio::sync::Notify::new());
     let mut logout_deadline: Option<tokio::time::Instant> = None;
     let registry = dir.registry.clone();
+    // Reused for every batch: the session appends, the loop below drains.
+    let mut actions: Vec<Action> = Vec::with_capacity(64);
+    let pool = exec::BufPool::default();
+    let mut completed: Vec<Action> = Vec::with_capacity(8);
 
     'conn: loop {
-        let mut actions: Vec<Action> = Vec::new();
+        send_some(&stream, &mut out)?;
+        actions.clear();
         tokio::select! {
-            n = rd.read_buf(&mut buf) => {
-                if n? == 0 {
-                    break 'conn;
+            r = stream.readable(), if out.len() < OUT_HIGH => {
+                r?;
+                if buf.capacity() - buf.len() < MIN_READ {
+                    // A fresh buffer, the partial PDU carried over; the old one is freed
+                    // when the last PDU decoded from it is. (Growing it in place copied
+                    // every byte ever received into it, again and again.)
+                    let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(2 * buf.len()));
+                    fresh.extend_from_slice(&buf);
+                    buf = fresh;
+                }
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => break 'conn,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
                 }
                 loop {
                     let pdu = match codec.decode(&mut buf) {
@@ -169,19 +165,13 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     };
                     match &mut phase {
                         Phase::Login(login) => match login.step(&pdu, dir.as_ref()) {
-                            LoginStep::Continue(resp) => {
-                                if tx.send(codec.encode(resp)).await.is_err() {
-                                    break 'conn;
-                                }
-                            }
+                            LoginStep::Continue(resp) => codec.encode_to(resp, &mut out),
                             LoginStep::Fail(resp) => {
-                                let _ = tx.send(codec.encode(resp)).await;
+                                codec.encode_to(resp, &mut out);
                                 break 'conn;
                             }
                             LoginStep::Done(resp, outcome) => {
-                                if tx.send(codec.encode(resp)).await.is_err() {
-                                    break 'conn;
-                                }
+                                codec.encode_to(resp, &mut out);
                                 codec.header_digest = outcome.params.header_digest;
                                 codec.data_digest = outcome.params.data_digest;
                                 let key = SessionKey {
@@ -225,14 +215,18 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                             }
                         },
                         Phase::Full { session, .. } => {
-                            actions.extend(session.on_pdu(pdu, dir.as_ref(), Instant::now()));
+                            session.on_pdu_into(pdu, dir.as_ref(), Instant::now(), &mut actions);
                         }
                     }
                 }
             }
+            r = stream.writable(), if !out.is_empty() => {
+                // The top of the loop sends.
+                r?;
+            }
             Some((itt, outcome, described)) = done_rx.recv() => {
                 if let Phase::Full { session, .. } = &mut phase {
-                    actions.extend(session.complete_with_described(itt, outcome, described));
+                    session.complete_into(itt, outcome, described, &mut actions);
                 }
             }
             Some((itt, f, code)) = tmf_rx.recv() => {
@@ -267,40 +261,51 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                 }
             }
         }
-        let Phase::Full { nexus, volume, .. } = &phase else {
+        let Phase::Full {
+            session,
+            nexus,
+            volume,
+        } = &mut phase
+        else {
             continue;
         };
-        for a in actions {
+        let mut i = 0;
+        while i < actions.len() {
+            let a = std::mem::replace(&mut actions[i], Action::Close);
+            i += 1;
             match a {
                 Action::Send(p) => {
-                    if tx.send(codec.encode(p)).await.is_err() {
-                        break 'conn;
+                    codec.encode_to(p, &mut out);
+                    if out.len() >= SEND_EARLY {
+                        // Large reads: the initiator has the first while the next executes.
+                        send_some(&stream, &mut out)?;
                     }
                 }
-                Action::Close => {
-                    // Let the writer drain what was queued before closing.
-                    break 'conn;
-                }
+                Action::Close => break 'conn,
                 Action::Execute(cmd) => {
                     let Some(vol) = volume.clone() else { continue };
+                    if exec::runs_inline(&cmd, &vol) {
+                        let (outcome, described) = exec::execute(&vol, nexus, &cmd, &pool);
+                        session.complete_into(cmd.itt, outcome, described, &mut completed);
+                        // Framed at once, sent with the rest of the batch: answering
+                        // each command as it completes measured slower (the initiator's
+                        // next batch waits for its last answer either way, and every
+                        // send is a system call on both sides).
+                        for a in completed.drain(..) {
+                            if let Action::Send(p) = a {
+                                codec.encode_to(p, &mut out);
+                            }
+                        }
+                        if out.len() >= SEND_EARLY {
+                            send_some(&stream, &mut out)?;
+                        }
+                        continue;
+                    }
                     let nexus = nexus.clone();
                     let done = done_tx.clone();
+                    let pool = pool.clone();
                     tokio::task::spawn_blocking(move || {
-                        let mut described = None;
-                        let outcome = match parse_lun(cmd.lun) {
-                            Some(0) => {
-                                if cmd.write && !cmd.read {
-                                    described = vol.lu.data_out_len(&cmd.cdb);
-                                }
-                                let r = vol.lu.execute(&nexus, &cmd.cdb, &cmd.data_out);
-                                Outcome {
-                                    status: r.status,
-                                    sense: r.sense,
-                                    data: Bytes::from(r.data),
-                                }
-                            }
-                            _ => no_such_lun(&cmd.cdb, &vol.lu, &nexus),
-                        };
+                        let (outcome, described) = exec::execute(&vol, &nexus, &cmd, &pool);
                         let _ = done.send((cmd.itt, outcome, described));
                     });
                 }
@@ -309,24 +314,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     let nexus = nexus.clone();
                     let done = tmf_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let code = if parse_lun(lun) != Some(0)
-                            && !matches!(function, Tmf::TargetWarmReset | Tmf::TargetColdReset)
-                        {
-                            tmf_response::NO_LUN
-                        } else {
-                            let tm = match function {
-                                Tmf::AbortTaskSet => TaskManagement::AbortTaskSet,
-                                Tmf::ClearTaskSet => TaskManagement::ClearTaskSet,
-                                Tmf::LogicalUnitReset => TaskManagement::LogicalUnitReset,
-                                Tmf::TargetWarmReset => TaskManagement::TargetWarmReset,
-                                _ => TaskManagement::TargetColdReset,
-                            };
-                            match vol.lu.task_management(&nexus, tm) {
-                                TmfResult::Complete => tmf_response::COMPLETE,
-                                TmfResult::NotSupported => tmf_response::NOT_SUPPORTED,
-                                TmfResult::Rejected => tmf_response::REJECTED,
-                            }
-                        };
+                        let code = exec::task_management(&vol, &nexus, lun, function);
                         let _ = done.send((itt, function, code));
                     });
                 }
@@ -341,8 +329,8 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
             }
         }
     }
-    drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    // What was queued before closing (a Logout Response, a final Reject) still goes out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), send_all(&stream, &mut out)).await;
     Ok(())
 }
 

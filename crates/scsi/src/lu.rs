@@ -8,6 +8,7 @@ use crate::sense::{codes, Check, Sense};
 use crate::status;
 use crate::ua::UaTable;
 use crate::xcopy::CopyState;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -125,6 +126,8 @@ pub(crate) struct Ctx<'a> {
     pub nexus: &'a NexusId,
     pub cdb: Cdb,
     pub data: &'a [u8],
+    /// A buffer the transport lends for Data-In (see [`LogicalUnit::execute_with`]).
+    pub spare: Cell<Vec<u8>>,
 }
 
 impl Ctx<'_> {
@@ -198,7 +201,21 @@ impl LogicalUnit {
     /// transfer length (a shorter Data-Out writes fewer blocks, as iSCSI residual tests
     /// expect); COMPARE AND WRITE and WRITE SAME require the exact size.
     pub fn execute(&self, nexus: &NexusId, cdb: &[u8], data_out: &[u8]) -> Response {
-        match self.run(nexus, cdb, data_out) {
+        self.execute_with(nexus, cdb, data_out, Vec::new())
+    }
+
+    /// As [`LogicalUnit::execute`], reading Data-In into `spare` when the command reads
+    /// blocks. A transport recycles its buffers this way: allocating (and zeroing, and
+    /// for large reads faulting in) a fresh buffer per READ cost more than the read.
+    /// Its old contents never leak: they are overwritten or the command fails.
+    pub fn execute_with(
+        &self,
+        nexus: &NexusId,
+        cdb: &[u8],
+        data_out: &[u8],
+        spare: Vec<u8>,
+    ) -> Response {
+        match self.run(nexus, cdb, data_out, spare) {
             Ok(r) => Response {
                 status: r.status,
                 sense: None,
@@ -217,13 +234,11 @@ impl LogicalUnit {
         }
     }
 
-    fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8]) -> CmdResult {
-        self.ua.touch(nexus);
+    fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8], spare: Vec<u8>) -> CmdResult {
+        // One lookup registers the nexus and checks its unit attentions.
         let op = raw.first().copied().unwrap_or(0);
-        if !raw.is_empty() && !ua_exempt(op) {
-            if let Some(ua) = self.ua.take(nexus) {
-                return Err(ua.into());
-            }
+        if let Some(ua) = self.ua.touch_take(nexus, !raw.is_empty() && !ua_exempt(op)) {
+            return Err(ua.into());
         }
         let cdb = Cdb::parse(raw)?;
         let info = match rsoc::lookup(cdb.op(), cdb.sa()) {
@@ -242,6 +257,7 @@ impl LogicalUnit {
             nexus,
             cdb,
             data: data_out,
+            spare: Cell::new(spare),
         };
         crate::dispatch::dispatch(&ctx)
     }

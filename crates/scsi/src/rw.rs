@@ -120,7 +120,12 @@ fn bytes_for(ctx: &Ctx, blocks: u64) -> Result<usize, Fail> {
 
 /// Reads `len` blocks into a fresh buffer.
 pub(crate) fn read_blocks(ctx: &Ctx, lba: u64, len: u64) -> Result<Vec<u8>, Fail> {
-    let mut buf = vec![0u8; bytes_for(ctx, len)?];
+    let n = bytes_for(ctx, len)?;
+    // The transport's spare buffer when it lent one. Not zeroed: the device overwrites
+    // all of it, and on an error it is dropped unseen.
+    let mut buf = ctx.spare.take();
+    buf.truncate(n);
+    buf.resize(n, 0);
     if len > 0 {
         ctx.dev().read(lba, &mut buf).map_err(|e| ctx.dev_fail(e))?;
     }

@@ -73,6 +73,16 @@ impl UaTable {
         let _ = self.slot(nexus);
     }
 
+    /// Registers the nexus and, when `take`, takes its oldest pending unit attention.
+    pub fn touch_take(&self, nexus: &NexusId, take: bool) -> Option<Sense> {
+        let slot = self.slot(nexus);
+        if take {
+            slot.take()
+        } else {
+            None
+        }
+    }
+
     /// Takes the oldest pending unit attention of the nexus.
     pub fn take(&self, nexus: &NexusId) -> Option<Sense> {
         self.slot(nexus).take()

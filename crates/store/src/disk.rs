@@ -24,6 +24,14 @@ pub trait DiskFile: Send + Sync + Debug {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     /// Write all of `data` at `off`, growing the file if needed.
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()>;
+    /// Write `a` then `b` at `off` (a record's header and its data, without gathering
+    /// them into one buffer first).
+    fn write2_at(&self, a: &[u8], b: &[u8], off: u64) -> io::Result<()> {
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        self.write_at(&v, off)
+    }
     /// Make every completed write (and size change) durable.
     fn sync(&self) -> io::Result<()>;
     /// Current length in bytes.
@@ -87,6 +95,37 @@ impl DiskFile for RealFile {
     }
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
         self.0.write_all_at(data, off)
+    }
+    fn write2_at(&self, a: &[u8], b: &[u8], off: u64) -> io::Result<()> {
+        let iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut libc::c_void,
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            },
+        ];
+        // SAFETY: both iovecs point into live slices for the duration of the call.
+        let n = unsafe { libc::pwritev(self.0.as_raw_fd(), iov.as_ptr(), 2, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // A short (or interrupted) write: finish piece by piece.
+        let n = n.max(0) as usize;
+        if n < a.len() {
+            self.0.write_all_at(&a[n..], off + n as u64)?;
+            self.0.write_all_at(b, off + a.len() as u64)
+        } else if n < a.len() + b.len() {
+            let k = n - a.len();
+            self.0.write_all_at(&b[k..], off + n as u64)
+        } else {
+            Ok(())
+        }
     }
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()

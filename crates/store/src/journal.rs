@@ -61,32 +61,28 @@ pub(crate) fn parse_name(n: &str) -> Option<u64> {
     u64::from_str_radix(n.strip_prefix("journal.")?, 16).ok()
 }
 
-/// Encode a record; returns the bytes and each block's crc.
-pub(crate) fn encode(
-    gen: u64,
-    seq: u64,
-    vol: u64,
-    lba: u64,
-    data: &[u8],
-    bs: usize,
-) -> (Vec<u8>, Vec<u32>) {
-    let n = data.len() / bs;
-    let crcs: Vec<u32> = data.chunks(bs).map(crc32c::crc32c).collect();
-    let mut rec = Vec::with_capacity(HEAD + 4 * n + data.len());
+/// Each block's crc, as a record carries them.
+pub(crate) fn block_crcs(data: &[u8], bs: usize) -> Vec<u32> {
+    crate::crc::blocks_vec(data, bs)
+}
+
+/// Encode a record's header (everything before the data, which follows it unchanged)
+/// from the blocks' crcs.
+pub(crate) fn encode_head(gen: u64, seq: u64, vol: u64, lba: u64, crcs: &[u32]) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(HEAD + 4 * crcs.len());
     rec.extend_from_slice(&MAGIC.to_le_bytes());
-    rec.extend_from_slice(&(n as u32).to_le_bytes());
+    rec.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
     rec.extend_from_slice(&gen.to_le_bytes());
     rec.extend_from_slice(&seq.to_le_bytes());
     rec.extend_from_slice(&vol.to_le_bytes());
     rec.extend_from_slice(&lba.to_le_bytes());
     rec.extend_from_slice(&[0u8; 8]);
-    for c in &crcs {
+    for c in crcs {
         rec.extend_from_slice(&c.to_le_bytes());
     }
     let hc = crc32c::crc32c_append(crc32c::crc32c(&rec[..40]), &rec[HEAD..]);
     rec[40..44].copy_from_slice(&hc.to_le_bytes());
-    rec.extend_from_slice(data);
-    (rec, crcs)
+    rec
 }
 
 /// A record found by [`scan`]: where its data starts and its blocks' crcs.

@@ -54,6 +54,7 @@
 // The workspace's MSRV (1.80) predates `is_multiple_of`.
 #![allow(clippy::manual_is_multiple_of)]
 
+mod crc;
 pub mod disk;
 pub mod error;
 pub mod file;

@@ -1,0 +1,229 @@
+//! Carrying out the SCSI commands and task management functions of a session.
+//!
+//! Reads and cached writes run inline on the connection's task: they cost a `pread` from
+//! the page cache or a journal append (a `pwrite` into it), microseconds, far less than
+//! the hand-off to another thread they used to take (a futex wake and a context switch
+//! each way, about half the member's CPU at 4 KiB). Anything that may wait on the disk or
+//! on a management operation — FUA and uncached writes, SYNCHRONIZE CACHE, UNMAP,
+//! SANITIZE, EXTENDED COPY, every other command — still goes to the blocking pool.
+
+use crate::registry::VolumeHandle;
+use bytes::Bytes;
+use iscsi::session::{tmf_response, Outcome, Tmf};
+use iscsi::Command;
+use scsi::{NexusId, TaskManagement, TmfResult};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The LUN number of a single-level LUN (peripheral or flat addressing), if it is one.
+pub(super) fn parse_lun(lun: u64) -> Option<u16> {
+    let b = lun.to_be_bytes();
+    let method = b[0] >> 6;
+    if (method == 0 || method == 1) && b[2..].iter().all(|&x| x == 0) {
+        Some((((b[0] & 0x3f) as u16) << 8) | b[1] as u16)
+    } else {
+        None
+    }
+}
+
+/// Transfers above this go to the blocking pool even when they could run inline: at
+/// 1 MiB the copy and checksum take hundreds of microseconds, long enough that running
+/// several at once (and sending one while the next is read) beats saving the hand-off
+/// (1 MiB reads at QD8: 1,384–1,591 IOPS this way, 1,181–1,246 all inline).
+const INLINE_MAX: u32 = 128 * 1024;
+
+/// Whether `cmd` is cheap and cannot wait on the disk: it may run on the connection task.
+pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
+    if parse_lun(cmd.lun) != Some(0) || cmd.expected_len > INLINE_MAX {
+        return false;
+    }
+    match cmd.cdb.first() {
+        // READ (6/10/12/16).
+        _ if is_read(&cmd.cdb) => true,
+        // WRITE (6) has no FUA bit (byte 1 holds LBA bits).
+        Some(0x0A) => vol.lu.device().write_cache_enabled(),
+        // WRITE (10/12/16) without FUA: a journal append, synced later by SYNCHRONIZE CACHE.
+        Some(0x2A | 0xAA | 0x8A) => {
+            cmd.cdb.get(1).is_some_and(|f| f & 0x08 == 0) && vol.lu.device().write_cache_enabled()
+        }
+        _ => false,
+    }
+}
+
+/// Data-In buffers of one connection, handed back when the bytes they held were sent.
+#[derive(Clone, Default)]
+pub(super) struct BufPool(Arc<Mutex<Pool>>);
+
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Buffers kept per connection and the bytes they may hold: a 4 KiB workload at the
+/// session's queue depth, or 1 MiB reads at QD8. All connections together keep at most
+/// [`POOLED_MAX`], so many sessions that once read large blocks do not pin memory.
+const POOL_BUFS: usize = 32;
+const POOL_BYTES: usize = 8 << 20;
+const POOLED_MAX: usize = 64 << 20;
+static POOLED: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        POOLED.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl BufPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let mut p = self.lock();
+        match p.bufs.pop() {
+            Some(b) => {
+                p.bytes -= b.capacity();
+                POOLED.fetch_sub(b.capacity(), Ordering::Relaxed);
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        let mut p = self.lock();
+        if p.bufs.len() >= POOL_BUFS || p.bytes + cap > POOL_BYTES {
+            return;
+        }
+        if POOLED.fetch_add(cap, Ordering::Relaxed) + cap > POOLED_MAX {
+            POOLED.fetch_sub(cap, Ordering::Relaxed);
+            return;
+        }
+        p.bytes += cap;
+        p.bufs.push(buf);
+    }
+
+    fn wrap(&self, data: Vec<u8>) -> Bytes {
+        if data.capacity() == 0 {
+            return Bytes::new();
+        }
+        Bytes::from_owner(Pooled {
+            buf: data,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    pool: BufPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
+fn is_read(cdb: &[u8]) -> bool {
+    matches!(cdb.first(), Some(0x08 | 0x28 | 0xA8 | 0x88))
+}
+
+/// Execute `cmd`; returns the outcome and, for a write, the Data-Out length its CDB
+/// describes (for the residual).
+pub(super) fn execute(
+    vol: &VolumeHandle,
+    nexus: &NexusId,
+    cmd: &Command,
+    pool: &BufPool,
+) -> (Outcome, Option<u64>) {
+    let mut described = None;
+    let outcome = match parse_lun(cmd.lun) {
+        Some(0) => {
+            if cmd.write && !cmd.read {
+                described = vol.lu.data_out_len(&cmd.cdb);
+            }
+            let r = if is_read(&cmd.cdb) {
+                let spare = pool.take();
+                let r = vol.lu.execute_with(nexus, &cmd.cdb, &cmd.data_out, spare);
+                let data = pool.wrap(r.data);
+                (r.status, r.sense, data)
+            } else {
+                let r = vol.lu.execute(nexus, &cmd.cdb, &cmd.data_out);
+                (r.status, r.sense, Bytes::from(r.data))
+            };
+            Outcome {
+                status: r.0,
+                sense: r.1,
+                data: r.2,
+            }
+        }
+        _ => no_such_lun(&cmd.cdb, &vol.lu, nexus),
+    };
+    (outcome, described)
+}
+
+/// Answer a command addressed to a LUN that does not exist (only LUN 0 does).
+fn no_such_lun(cdb: &[u8], lu: &scsi::LogicalUnit, nexus: &NexusId) -> Outcome {
+    match cdb.first() {
+        Some(0x12) => {
+            // INQUIRY: peripheral qualifier 3 (no LU here), device type 0x1f.
+            let alloc = cdb
+                .get(3..5)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                .unwrap_or(0);
+            let mut d = vec![0u8; 36];
+            d[0] = 0x7f;
+            d[2] = 0x06;
+            d[3] = 0x02;
+            d[4] = 31;
+            d.truncate(alloc);
+            Outcome {
+                status: 0,
+                sense: None,
+                data: Bytes::from(d),
+            }
+        }
+        Some(0xa0) | Some(0x03) => {
+            let r = lu.execute(nexus, cdb, &[]);
+            Outcome {
+                status: r.status,
+                sense: r.sense,
+                data: Bytes::from(r.data),
+            }
+        }
+        _ => Outcome {
+            status: scsi::status::CHECK_CONDITION,
+            sense: Some(iscsi::sense_bytes(0x05, 0x25, 0x00)),
+            data: Bytes::new(),
+        },
+    }
+}
+
+/// Carry out a task management function at the logical unit; returns the response code.
+pub(super) fn task_management(vol: &VolumeHandle, nexus: &NexusId, lun: u64, function: Tmf) -> u8 {
+    if parse_lun(lun) != Some(0) && !matches!(function, Tmf::TargetWarmReset | Tmf::TargetColdReset)
+    {
+        return tmf_response::NO_LUN;
+    }
+    let tm = match function {
+        Tmf::AbortTaskSet => TaskManagement::AbortTaskSet,
+        Tmf::ClearTaskSet => TaskManagement::ClearTaskSet,
+        Tmf::LogicalUnitReset => TaskManagement::LogicalUnitReset,
+        Tmf::TargetWarmReset => TaskManagement::TargetWarmReset,
+        _ => TaskManagement::TargetColdReset,
+    };
+    match vol.lu.task_management(nexus, tm) {
+        TmfResult::Complete => tmf_response::COMPLETE,
+        TmfResult::NotSupported => tmf_response::NOT_SUPPORTED,
+        TmfResult::Rejected => tmf_response::REJECTED,
+    }
+}
