@@ -269,6 +269,19 @@ impl ClusterState {
             .find(|m| m.vm == vm && !m.state.is_final())
     }
 
+    /// The refusal for a change that must wait for `vm`'s open migration, if it has one.
+    fn refuse_while_migrating(&self, vm: &str, kind: RefusalKind) -> Option<Outcome> {
+        self.active_migration(vm).map(|m| {
+            refuse(
+                kind,
+                format!(
+                    "VM {vm} is migrating (migration {}); cancel it or wait for it",
+                    m.id
+                ),
+            )
+        })
+    }
+
     pub(crate) fn apply_compute(&mut self, cmd: ComputeCommand) -> Outcome {
         use ComputeCommand::*;
         match cmd {
@@ -352,14 +365,8 @@ impl ClusterState {
                 Outcome::Vm(vm.clone())
             }
             StopVm { name } => {
-                if let Some(m) = self.active_migration(&name) {
-                    return refuse(
-                        RefusalKind::Invalid,
-                        format!(
-                            "VM {name} is migrating (migration {}); cancel it first",
-                            m.id
-                        ),
-                    );
+                if let Some(o) = self.refuse_while_migrating(&name, RefusalKind::Invalid) {
+                    return o;
                 }
                 let Some(vm) = self.vms.get_mut(&name) else {
                     return no_vm(&name);
@@ -395,14 +402,8 @@ impl ClusterState {
                 Outcome::Vm(vm.clone())
             }
             AttachDisk { vm, volume } => {
-                if let Some(m) = self.active_migration(&vm) {
-                    return refuse(
-                        RefusalKind::Busy,
-                        format!(
-                            "VM {vm} is migrating (migration {}); try again after it",
-                            m.id
-                        ),
-                    );
+                if let Some(o) = self.refuse_while_migrating(&vm, RefusalKind::Busy) {
+                    return o;
                 }
                 if !self.volumes.contains_key(&volume) {
                     return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
@@ -420,14 +421,8 @@ impl ClusterState {
                 Outcome::Vm(v.clone())
             }
             DetachDisk { vm, volume } => {
-                if let Some(m) = self.active_migration(&vm) {
-                    return refuse(
-                        RefusalKind::Busy,
-                        format!(
-                            "VM {vm} is migrating (migration {}); try again after it",
-                            m.id
-                        ),
-                    );
+                if let Some(o) = self.refuse_while_migrating(&vm, RefusalKind::Busy) {
+                    return o;
                 }
                 let Some(v) = self.vms.get_mut(&vm) else {
                     return no_vm(&vm);
