@@ -50,7 +50,9 @@ pub trait BlockDevice: Send + Sync {
     fn thin(&self) -> bool {
         true
     }
-    /// Read `buf.len() / block_size` blocks starting at `lba`.
+    /// Read `buf.len() / block_size` blocks starting at `lba`. On success every byte of
+    /// `buf` is overwritten (unwritten blocks read as zeroes): the engine may pass a
+    /// recycled buffer that still holds an earlier read.
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
     /// Write whole blocks. With `fua` the data is durable before this returns.
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
