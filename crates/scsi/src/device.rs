@@ -62,6 +62,11 @@ pub trait BlockDevice: Send + Sync {
     fn unmap(&self, lba: u64, blocks: u64) -> Result<(), DeviceError>;
     /// The provisioning run that starts at `lba` (at most up to the device's end).
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, DeviceError>;
+    /// True while a write may wait for the device to catch up (the store's journal
+    /// backpressure): a caller that must not block should not issue writes inline then.
+    fn congested(&self) -> bool {
+        false
+    }
     /// Whether the volatile write cache is enabled (MODE SENSE caching page WCE bit).
     fn write_cache_enabled(&self) -> bool {
         true

@@ -25,6 +25,8 @@ const OLD: TableDefinition<(u64, u64, u64), (u64, u8)> = TableDefinition::new("o
 const DATA_FILE: &str = "extents.dat";
 const INDEX_FILE: &str = "index.redb";
 const SHARDS: usize = 64;
+/// Journal size, in multiples of the checkpoint limit, past which writers wait.
+const JOURNAL_HARD: u64 = 4;
 /// Blocks per extent a read handles with buffers on the stack (32 KiB of 512-byte blocks).
 const SMALL_READ: usize = 64;
 type DResult<T> = std::result::Result<T, DeviceError>;
@@ -293,6 +295,10 @@ struct Inner {
     medium_errors: AtomicU64,
     stop: Mutex<bool>,
     kick: Condvar,
+    /// Signalled (with `journal`) when a checkpoint starts a new journal file.
+    rotated: Condvar,
+    /// Bytes in the current journal file (a copy of `JState::off` readable without the lock).
+    journal_bytes: AtomicU64,
     ckpt_count: AtomicU64,
 }
 
@@ -553,6 +559,8 @@ impl Store {
             medium_errors: AtomicU64::new(0),
             stop: Mutex::new(false),
             kick: Condvar::new(),
+            rotated: Condvar::new(),
+            journal_bytes: AtomicU64::new(0),
             ckpt_count: AtomicU64::new(0),
         });
         // Build the volume objects, parents first.
@@ -1244,6 +1252,44 @@ impl Inner {
         }
     }
 
+    /// Journal backpressure: past [`JOURNAL_HARD`] × the limit a writer waits until the
+    /// checkpointer starts a new journal, so a checkpoint that falls behind bounds the
+    /// backlog (and with it how long the next one freezes the overlay and holds the
+    /// volumes' maps) instead of letting the journal grow without end. Without a
+    /// background checkpointer nobody would rotate: no waiting then.
+    ///
+    /// Called with no lock held. The wait is bounded all the same: progress never depends
+    /// on it, it only slows writers down.
+    fn backpressure(&self) {
+        let hard = self.opts.journal_limit.saturating_mul(JOURNAL_HARD);
+        if self.opts.checkpoint_interval.is_none()
+            || self.journal_bytes.load(Ordering::Relaxed) <= hard
+        {
+            return;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        let mut j = lock(&self.journal);
+        while j.off > hard {
+            let now = std::time::Instant::now();
+            if now >= until {
+                break;
+            }
+            self.kick.notify_one();
+            j = self
+                .rotated
+                .wait_timeout(j, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// True when the journal is half way to where writers wait (see
+    /// [`Inner::backpressure`]): the checkpointer is behind.
+    fn congested(&self) -> bool {
+        let half = self.opts.journal_limit.saturating_mul(JOURNAL_HARD / 2);
+        self.journal_bytes.load(Ordering::Relaxed) > half
+    }
+
     fn sync_journal(&self) -> std::io::Result<()> {
         let files: Vec<Arc<JFile>> = {
             let j = lock(&self.journal);
@@ -1461,10 +1507,12 @@ impl Inner {
             }
             let old = std::mem::replace(&mut j.file, JFile::new(next_gen, nf, 0));
             j.off = 0;
+            self.journal_bytes.store(0, Ordering::Relaxed);
             j.seq = 0;
             j.older.push(old);
             retired = j.older.clone();
             drop(j);
+            self.rotated.notify_all();
             let mut gi = guards.iter();
             for v in &vols {
                 let mut exts = Vec::new();
@@ -1925,6 +1973,7 @@ impl Volume {
             }
             let data_off = j.off + head.len() as u64;
             j.off = data_off + data.len() as u64;
+            inner.journal_bytes.store(j.off, Ordering::Relaxed);
             j.seq += 1;
             j.file.written.store(j.seq, Ordering::Release);
             (
@@ -2041,10 +2090,14 @@ impl BlockDevice for Volume {
     }
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> DResult<()> {
         let n = self.nblocks(data.len())?;
-        let _io = rlock(&self.io);
-        self.check(lba, n, self.num_blocks())?;
-        self.online()?;
-        self.write_locked(lba, data, fua || !self.wce.load(Ordering::Relaxed))
+        {
+            let _io = rlock(&self.io);
+            self.check(lba, n, self.num_blocks())?;
+            self.online()?;
+            self.write_locked(lba, data, fua || !self.wce.load(Ordering::Relaxed))?;
+        }
+        self.inner.backpressure();
+        Ok(())
     }
     fn flush(&self) -> DResult<()> {
         Ok(self.inner.sync_journal()?)
@@ -2128,6 +2181,9 @@ impl BlockDevice for Volume {
         let _io = rlock(&self.io);
         let st = rlock(&self.map);
         self.status_at(&st, lba, u64::MAX, self.num_blocks())
+    }
+    fn congested(&self) -> bool {
+        self.inner.congested()
     }
     fn write_cache_enabled(&self) -> bool {
         self.wce.load(Ordering::Relaxed)

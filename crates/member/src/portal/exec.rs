@@ -40,11 +40,12 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
     match cmd.cdb.first() {
         // READ (6/10/12/16).
         _ if is_read(&cmd.cdb) => true,
-        // WRITE (6) has no FUA bit (byte 1 holds LBA bits).
-        Some(0x0A) => vol.lu.device().write_cache_enabled(),
+        // WRITE (6) has no FUA bit (byte 1 holds LBA bits). A write may wait while the
+        // store's journal is congested: then it goes to the pool.
+        Some(0x0A) => cached_writes(vol),
         // WRITE (10/12/16) without FUA: a journal append, synced later by SYNCHRONIZE CACHE.
         Some(0x2A | 0xAA | 0x8A) => {
-            cmd.cdb.get(1).is_some_and(|f| f & 0x08 == 0) && vol.lu.device().write_cache_enabled()
+            cmd.cdb.get(1).is_some_and(|f| f & 0x08 == 0) && cached_writes(vol)
         }
         _ => false,
     }
@@ -135,6 +136,11 @@ impl Drop for Pooled {
 
 fn is_read(cdb: &[u8]) -> bool {
     matches!(cdb.first(), Some(0x08 | 0x28 | 0xA8 | 0x88))
+}
+
+fn cached_writes(vol: &VolumeHandle) -> bool {
+    let dev = vol.lu.device();
+    dev.write_cache_enabled() && !dev.congested()
 }
 
 /// Execute `cmd`; returns the outcome and, for a write, the Data-Out length its CDB
