@@ -144,7 +144,7 @@ pub async fn load(agent: &Agent, name: &str) -> Result<IncomingStatus, IncomingE
         "haven-load",
     )
     .await
-    .map_err(|f| fail(format!("loading the saved state: {}", failure_text(f))))?;
+    .map_err(|f| fail(format!("loading the saved state: {}", f.message)))?;
     let _ = qmp
         .execute("blockdev-del", json!({"node-name": STATE_NODE}))
         .await;
@@ -165,10 +165,6 @@ pub async fn load(agent: &Agent, name: &str) -> Result<IncomingStatus, IncomingE
         resumed_at_us: Some(now_us()),
         error: None,
     })
-}
-
-fn failure_text(f: crate::migrate::Failure) -> String {
-    f.message
 }
 
 /// Gives up on an arriving VM: kills its QEMU unless the guest already runs here.
