@@ -153,8 +153,20 @@ impl Lab {
     /// The pids of the QEMUs the lab's host agents recorded.
     pub fn qemu_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
-        for i in 1..=self.hosts {
-            let run = self.dir.join(format!("host-{i}/data/run"));
+        // Host agents' run dirs, and any run dir a test made itself in the temp dir (plain
+        // QEMUs started beside the lab).
+        let mut runs: Vec<PathBuf> = (1..=self.hosts)
+            .map(|i| self.dir.join(format!("host-{i}/data/run")))
+            .collect();
+        runs.extend(
+            std::fs::read_dir(self.tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir()),
+        );
+        for run in runs {
             for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
                 if e.path().extension().and_then(|x| x.to_str()) == Some("pid") {
                     if let Ok(pid) = std::fs::read_to_string(e.path())
@@ -181,6 +193,11 @@ impl Drop for Lab {
             }
         }
         for pid in qemus {
+            // A pid file may outlive its QEMU: kill only a QEMU.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains("qemu") {
+                continue;
+            }
             // QEMUs run in process groups of their own (they outlive their agent).
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
