@@ -121,6 +121,40 @@ impl VolumeView {
     }
 }
 
+/// The group's data layout as one member sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The member that answered.
+    pub member: String,
+    /// The layout epoch this member is at.
+    pub epoch: u64,
+    /// Placement groups over all replica classes.
+    pub placement_groups: usize,
+    /// Groups with fewer complete copies than planned.
+    pub degraded: usize,
+    /// Copies being filled (planned but not in sync yet).
+    pub filling: usize,
+    /// Groups with no reachable complete copy.
+    pub unavailable: usize,
+    /// Bytes this member copied to others while filling copies, since it started.
+    pub resync_bytes: u64,
+}
+
+/// A member's load, for login redirection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LoadView {
+    /// iSCSI sessions logged in at this member's portal.
+    pub sessions: usize,
+}
+
+/// A new member asks a member of the group to add it to the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: u64,
+    /// Where the group reaches the new member's API (and Raft).
+    pub api_addr: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberView {
     pub name: String,
@@ -128,7 +162,7 @@ pub struct MemberView {
     pub api: String,
     pub portal: String,
     pub capacity: u64,
-    /// `online` when it answers, else `unreachable`.
+    /// `online`, or `down` once the group marked it unreachable.
     pub state: String,
     pub leader: bool,
     /// The member's pool (only for the member that answered).

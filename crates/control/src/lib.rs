@@ -9,6 +9,7 @@
 
 pub mod compute;
 pub mod error;
+pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod server;
@@ -33,6 +34,7 @@ pub use compute::{
     DEFAULT_MIGRATION_LIMIT,
 };
 pub use error::{ControlError, ErrorKind};
+pub use group::{Layout, PgTable, CHUNK_BYTES, PG_COUNT};
 pub use state::{
     Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, ReservePolicy, Snapshot,
     Volume,

@@ -21,6 +21,12 @@ pub struct Member {
     pub portal: String,
     /// Bytes this member offers to the pool.
     pub capacity: u64,
+    /// host:port of the member's peer listener (member-to-member data path).
+    #[serde(default)]
+    pub peer: String,
+    /// Marked unreachable by the group: its copies are out of the in-sync sets.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// CHAP credentials of a target. Never logged: `Debug` hides the secrets.
@@ -75,6 +81,22 @@ pub struct Volume {
     /// What happens when snapshots outgrow the reserve.
     #[serde(default)]
     pub reserve_policy: ReservePolicy,
+    /// What the volume's chunks are hashed by to placement groups: its own id, or its
+    /// origin's for a clone, so a clone's chunks sit on the members holding the extents
+    /// it shares. 0 means the volume's id.
+    #[serde(default)]
+    pub stripe_key: u64,
+}
+
+impl Volume {
+    /// The key its chunks are placed by.
+    pub fn placement_key(&self) -> u64 {
+        if self.stripe_key == 0 {
+            self.id
+        } else {
+            self.stripe_key
+        }
+    }
 }
 
 /// The snapshot reserve a volume starts with: as large as the volume (EqualLogic's default).
@@ -160,6 +182,9 @@ pub struct ClusterState {
     /// Live migrations per host at once (outbound, inbound); `None` means the default.
     #[serde(default)]
     pub migration_limits: Option<(u32, u32)>,
+    /// Placement groups, their copies and in-sync sets, and the data-path epoch.
+    #[serde(default)]
+    pub layout: crate::group::Layout,
 }
 
 /// A change to the cluster state. Every change goes through Raft.
@@ -223,6 +248,21 @@ pub enum Command {
         name: String,
         created: u64,
     },
+    /// The group lost contact with a member.
+    MemberDown {
+        name: String,
+    },
+    /// A member is reachable again, or restarted.
+    MemberUp {
+        name: String,
+    },
+    /// The primary of a placement group copied it to `node` under `pg_epoch`.
+    PgInSync {
+        replicas: u8,
+        pg: u32,
+        node: u64,
+        pg_epoch: u64,
+    },
     /// Hosts, VMs and migrations.
     Compute {
         cmd: crate::compute::ComputeCommand,
@@ -280,9 +320,28 @@ impl ClusterState {
         match cmd {
             Command::Compute { cmd } => self.apply_compute(cmd),
             Command::RegisterMember(m) => {
+                if self
+                    .members
+                    .values()
+                    .any(|o| o.node_id == m.node_id && o.name != m.name)
+                {
+                    return refuse(
+                        RefusalKind::AlreadyExists,
+                        format!("node id {} belongs to another member", m.node_id),
+                    );
+                }
                 self.members.insert(m.name.clone(), m);
+                self.relayout();
                 Outcome::Ok
             }
+            Command::MemberDown { name } => self.apply_member_down(&name),
+            Command::MemberUp { name } => self.apply_member_up(&name),
+            Command::PgInSync {
+                replicas,
+                pg,
+                node,
+                pg_epoch,
+            } => self.apply_pg_in_sync(replicas, pg, node, pg_epoch),
             Command::CreateVolume {
                 name,
                 size,
@@ -343,8 +402,10 @@ impl ClusterState {
                     restored_from: None,
                     snapshot_reserve_pct: DEFAULT_RESERVE_PCT,
                     reserve_policy: ReservePolicy::default(),
+                    stripe_key: 0,
                 };
                 self.volumes.insert(name, vol.clone());
+                self.relayout();
                 Outcome::Volume(vol)
             }
             Command::DeleteVolume { name } if self.vm_of_volume(&name).is_some() => refuse(
@@ -538,6 +599,10 @@ impl ClusterState {
                     size: snap.size,
                     block_size: snap.block_size,
                     replicas: src.as_ref().map(|v| v.replicas).unwrap_or(1),
+                    stripe_key: src
+                        .as_ref()
+                        .map(|v| v.placement_key())
+                        .unwrap_or(snap.volume_id),
                     thick: false,
                     allow: src.as_ref().map(|v| v.allow.clone()).unwrap_or_default(),
                     chap: src.and_then(|v| v.chap),

@@ -9,6 +9,8 @@
 //! group_portal = "127.0.0.2:3260"  # served by whichever member leads; optional
 //! capacity = "100GiB"        # what this member offers the pool; default: free space
 //! bootstrap = true           # start a new single-member group if none exists; default true
+//! join = "127.0.0.1:7070"    # a member's API to join the group through (with bootstrap = false)
+//! peer = "127.0.0.1:7170"    # member-to-member data path; default: the API's host, any port
 //! ```
 
 use serde::Deserialize;
@@ -42,6 +44,8 @@ struct Raw {
     group_portal: Option<String>,
     capacity: Option<String>,
     bootstrap: Option<bool>,
+    join: Option<String>,
+    peer: Option<String>,
 }
 
 /// A member's settings, with defaults filled in.
@@ -55,6 +59,10 @@ pub struct MemberConfig {
     pub group_portal: Option<String>,
     pub capacity: Option<u64>,
     pub bootstrap: bool,
+    /// The API of a member of the group to join (a new member that does not bootstrap).
+    pub join: Option<String>,
+    /// The member-to-member listener.
+    pub peer: String,
 }
 
 impl MemberConfig {
@@ -69,6 +77,8 @@ impl MemberConfig {
             group_portal: None,
             capacity: None,
             bootstrap: true,
+            join: None,
+            peer: "127.0.0.1:0".into(),
         }
     }
 
@@ -103,20 +113,31 @@ impl MemberConfig {
             })?),
             None => None,
         };
+        let api = raw.api.unwrap_or_else(|| "127.0.0.1:7070".into());
+        let peer = raw
+            .peer
+            .unwrap_or_else(|| match api.parse::<std::net::SocketAddr>() {
+                Ok(a) => std::net::SocketAddr::new(a.ip(), 0).to_string(),
+                Err(_) => "127.0.0.1:0".into(),
+            });
         let cfg = MemberConfig {
             name: raw.name.unwrap_or_else(|| format!("member-{node_id}")),
             node_id,
             data_dir,
             portal: raw.portal.unwrap_or_else(|| "127.0.0.1:3260".into()),
-            api: raw.api.unwrap_or_else(|| "127.0.0.1:7070".into()),
+            api,
             group_portal: raw.group_portal,
             capacity,
             bootstrap: raw.bootstrap.unwrap_or(true),
+            join: raw.join,
+            peer,
         };
         for (key, addr) in [
             ("portal", Some(&cfg.portal)),
             ("api", Some(&cfg.api)),
             ("group_portal", cfg.group_portal.as_ref()),
+            ("join", cfg.join.as_ref()),
+            ("peer", Some(&cfg.peer)),
         ] {
             if let Some(a) = addr {
                 if a.parse::<std::net::SocketAddr>().is_err() {

@@ -44,16 +44,18 @@ fn secrets(v: &Volume) -> Option<ChapSecrets> {
 impl PortalDirectory {
     /// The member portal a new session should use: the one with the fewest sessions.
     fn least_loaded_member(&self, state: &ClusterState) -> Option<String> {
-        // Only this member's load is known locally so far; others count as idle. The group
-        // issue replaces this with loads every member reports.
+        // Other members' loads are polled by the group's liveness loop (about every second);
+        // a member marked down is never chosen.
+        let loads = self.registry.peer_loads();
         state
             .members
             .values()
+            .filter(|m| !m.down)
             .min_by_key(|m| {
                 let load = if m.name == self.registry.member {
                     self.registry.session_count()
                 } else {
-                    0
+                    loads.get(&m.node_id).copied().unwrap_or(0)
                 };
                 (load, m.node_id)
             })

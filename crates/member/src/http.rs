@@ -78,6 +78,9 @@ pub fn router(member: Arc<Member>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
+        .route("/v1/members/join", post(join_member))
+        .route("/v1/load", get(load))
+        .route("/v1/group", get(group_view))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
@@ -118,10 +121,10 @@ fn member_views(m: &Member) -> Vec<MemberView> {
             api: x.api_addr.clone(),
             portal: x.portal.clone(),
             capacity: x.capacity,
-            state: if x.name == m.config.name || Some(x.node_id) == leader {
-                "online".into()
+            state: if x.down {
+                "down".into()
             } else {
-                "unknown".into()
+                "online".into()
             },
             leader: Some(x.node_id) == leader,
             pool: (x.name == m.config.name).then(|| {
@@ -160,6 +163,77 @@ async fn status(State(m): State<Arc<Member>>) -> ApiResult<GroupStatus> {
         members: member_views(&m),
         volumes: state.volumes.len(),
     }))
+}
+
+async fn group_view(State(m): State<Arc<Member>>) -> ApiResult<api::GroupView> {
+    let state = m.control.state();
+    let down: std::collections::HashSet<u64> = state
+        .members
+        .values()
+        .filter(|x| x.down)
+        .map(|x| x.node_id)
+        .collect();
+    let mut view = api::GroupView {
+        member: m.config.name.clone(),
+        epoch: state.layout.epoch,
+        placement_groups: 0,
+        degraded: 0,
+        filling: 0,
+        unavailable: 0,
+        resync_bytes: m.registry.resync_bytes(),
+    };
+    for table in state.layout.tables.values() {
+        for pg in 0..table.map.pg_count {
+            view.placement_groups += 1;
+            let planned = table.planned(pg).count();
+            let complete = table
+                .planned(pg)
+                .filter(|n| table.is_in_sync(pg, *n) && !down.contains(n))
+                .count();
+            let filling = table.backfills(pg).len();
+            view.filling += filling;
+            if complete < planned.max(usize::from(table.map.replicas).min(planned)) {
+                view.degraded += 1;
+            }
+            if table.primary(pg).is_none_or(|p| down.contains(&p)) {
+                view.unavailable += 1;
+            }
+        }
+    }
+    Ok(Json(view))
+}
+
+async fn load(State(m): State<Arc<Member>>) -> ApiResult<api::LoadView> {
+    Ok(Json(api::LoadView {
+        sessions: m.registry.session_count(),
+    }))
+}
+
+/// Voters of the control plane; members beyond are learners (they follow the log).
+const VOTERS: usize = 3;
+
+/// A new member asks to be added to the control plane.
+async fn join_member(
+    State(m): State<Arc<Member>>,
+    Json(req): Json<api::JoinRequest>,
+) -> ApiResult<serde_json::Value> {
+    let known = m.control.membership();
+    if known.iter().any(|n| n.node_id == req.node_id && n.voter) {
+        return Ok(Json(serde_json::json!({"joined": "voter"})));
+    }
+    let voters = known.iter().filter(|n| n.voter).count();
+    let result = if voters < VOTERS {
+        m.control.add_voter(req.node_id, req.api_addr.clone()).await
+    } else {
+        m.control
+            .add_learner(req.node_id, req.api_addr.clone())
+            .await
+    };
+    result.map_err(ApiError::from)?;
+    tracing::info!(node = req.node_id, addr = %req.api_addr, "node joined the control plane");
+    Ok(Json(
+        serde_json::json!({"joined": if voters < VOTERS { "voter" } else { "learner" }}),
+    ))
 }
 
 async fn members(State(m): State<Arc<Member>>) -> ApiResult<Vec<MemberView>> {
@@ -263,7 +337,9 @@ async fn create_volume(
         name: req.name,
         size: req.size,
         block_size: req.block_size.unwrap_or(512),
-        replicas: req.replicas.unwrap_or(1),
+        replicas: req
+            .replicas
+            .unwrap_or_else(|| m.control.state().default_replicas()),
         thick: req.thick,
         allow: req.allow,
         chap,

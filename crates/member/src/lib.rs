@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod directory;
+pub mod group;
 pub mod http;
 pub mod portal;
 pub mod registry;
@@ -90,6 +91,11 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     // Bind every listener first: a port in use is reported before anything changes.
     let api_listener = bind("api", &config.api).await?;
     let portal_listener = bind("portal", &config.portal).await?;
+    let peer_listener = bind("peer", &config.peer).await?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(MemberError::Serve)?
+        .to_string();
     let api_addr = api_listener
         .local_addr()
         .map_err(MemberError::Serve)?
@@ -129,19 +135,31 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
 
     if config.bootstrap {
         control.bootstrap_single().await?;
+    } else if let Some(join) = config.join.clone() {
+        // Once in the group (a restart), the log knows the membership.
+        if control.membership().is_empty() {
+            join_group(&join, config.node_id, &api_addr).await;
+        }
     }
+
+    let group = group::Group::new(config.node_id, control.clone(), registry.store().clone());
+    registry.attach_group(group.clone());
 
     // Volumes follow the applied state.
     let mut state_rx = control.subscribe();
     let reg = registry.clone();
     let ctl_follow = control.clone();
+    let follow_group = group.clone();
     tokio::spawn(async move {
         loop {
             let state = state_rx.borrow_and_update().clone();
             let r = reg.clone();
-            let follow_up = tokio::task::spawn_blocking(move || r.reconcile(&state))
+            let applied = state.clone();
+            let follow_up = tokio::task::spawn_blocking(move || r.reconcile(&applied))
                 .await
                 .unwrap_or_default();
+            // Volumes exist locally before peers may address them at this epoch.
+            follow_group.observe(state);
             for cmd in follow_up {
                 if let Err(e) = ctl_follow.write(cmd).await {
                     tracing::warn!(error = %e, "cannot record a change the store made; retrying on the next change");
@@ -163,21 +181,28 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         api_addr: api_addr.clone(),
         portal: portal_addr.clone(),
         capacity,
+        peer: peer_addr.clone(),
+        down: false,
     };
     let ctl = control.clone();
+    let peer_group = group.clone();
     tokio::spawn(async move {
-        loop {
-            if ctl.state().members.get(&record.name) == Some(&record) {
-                break;
-            }
-            match ctl.write(Command::RegisterMember(record.clone())).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot register in the group yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+        // Register, then say this member (re)started: copies it held may lack writes it had
+        // not synced, so they leave the in-sync sets before it serves peers again.
+        let name = record.name.clone();
+        for cmd in [Command::RegisterMember(record), Command::MemberUp { name }] {
+            while let Err(e) = ctl.write(cmd.clone()).await {
+                tracing::warn!(error = %e, "cannot register in the group yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        let server =
+            peer::ServerConfig::new(peer_group.engine_config(), peer_group.epoch_counter());
+        let handler_group = peer_group.clone();
+        tokio::spawn(peer::serve(peer_listener, server, move |req| {
+            group::handle(handler_group.clone(), req)
+        }));
+        peer_group.start();
     });
 
     let tpgt = u16::try_from(config.node_id).unwrap_or(u16::MAX);
@@ -212,6 +237,27 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
     control.shutdown().await;
     Ok(())
+}
+
+/// Ask a member of the group at `join` to add this node, until it answers.
+async fn join_group(join: &str, node_id: u64, api_addr: &str) {
+    let client = api::Client::new(vec![format!("http://{join}")]);
+    let req = api::JoinRequest {
+        node_id,
+        api_addr: api_addr.to_string(),
+    };
+    loop {
+        match client
+            .post::<_, serde_json::Value>("/v1/members/join", &req)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%join, error = %e, "cannot join the group yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Serve the group portal while this member leads the group.

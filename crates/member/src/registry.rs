@@ -57,6 +57,8 @@ pub struct Registry {
     volumes: Arc<RwLock<HashMap<String, Arc<VolumeHandle>>>>,
     sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_session: AtomicU64,
+    /// The group data path volumes are served through (set once at start).
+    group: std::sync::OnceLock<Arc<crate::group::Group>>,
 }
 
 /// The NAA designator of a volume: type 6 (IEEE registered extended) with haven's
@@ -118,6 +120,7 @@ impl Registry {
             volumes: Arc::new(RwLock::new(HashMap::new())),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            group: std::sync::OnceLock::new(),
         })
     }
 
@@ -408,10 +411,38 @@ impl Registry {
         }
     }
 
+    /// Bytes this member copied to others while filling copies.
+    pub fn resync_bytes(&self) -> u64 {
+        self.group.get().map_or(0, |g| {
+            g.resync_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Sessions on other members, by node id, as last polled.
+    pub fn peer_loads(&self) -> HashMap<u64, usize> {
+        self.group
+            .get()
+            .map(|g| g.loads.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Serve volumes opened from now on through the group's data path.
+    pub fn attach_group(&self, group: Arc<crate::group::Group>) {
+        let _ = self.group.set(group);
+    }
+
+    fn volume_device(&self, v: &Volume) -> std::io::Result<Arc<dyn BlockDevice>> {
+        let local = self.store.volume(v.id).map_err(store_err)?;
+        Ok(match self.group.get() {
+            Some(g) => Arc::new(crate::group::GroupDevice::new(g.clone(), v.id, local)),
+            None => local,
+        })
+    }
+
     fn open(&self, v: &Volume, snap: Option<&Snapshot>) -> std::io::Result<VolumeHandle> {
         let (dev, identity): (Arc<dyn BlockDevice>, LuIdentity) = match snap {
             None => (
-                self.store.volume(v.id).map_err(store_err)? as Arc<dyn BlockDevice>,
+                self.volume_device(v)?,
                 LuIdentity {
                     naa: naa_for(v),
                     serial: format!("{:016x}", v.id),

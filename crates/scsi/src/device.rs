@@ -67,6 +67,12 @@ pub trait BlockDevice: Send + Sync {
     fn congested(&self) -> bool {
         false
     }
+    /// False when an operation may wait on the network (a volume served through other
+    /// members): the caller must then run it on a blocking thread, never inline on an
+    /// async task.
+    fn inline_ok(&self) -> bool {
+        true
+    }
     /// Whether the volatile write cache is enabled (MODE SENSE caching page WCE bit).
     fn write_cache_enabled(&self) -> bool {
         true

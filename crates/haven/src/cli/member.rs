@@ -15,6 +15,12 @@ pub enum MemberCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The data layout as one member sees it: epoch, placement groups degraded or being
+    /// filled, bytes this member copied to others.
+    Layout {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +54,21 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
                 }
             };
             member::run(cfg).await.context("member")
+        }
+        MemberCommand::Layout { json } => {
+            let client = super::client(api)?;
+            let g: api::GroupView = client.get("/v1/group").await?;
+            if json {
+                return output::json(&g);
+            }
+            println!("member:           {}", g.member);
+            println!("epoch:            {}", g.epoch);
+            println!("placement groups: {}", g.placement_groups);
+            println!("degraded:         {}", g.degraded);
+            println!("copies filling:   {}", g.filling);
+            println!("unavailable:      {}", g.unavailable);
+            println!("resynced by it:   {}", format_size(g.resync_bytes));
+            Ok(())
         }
         MemberCommand::List { json } => {
             let client = super::client(api)?;

@@ -61,6 +61,9 @@ pub struct UpArgs {
     /// Storage members.
     #[arg(long, default_value_t = 1)]
     members: usize,
+    /// What each new member offers the pool (e.g. 4GiB); default: its free space.
+    #[arg(long)]
+    member_capacity: Option<String>,
     /// Hypervisor hosts.
     #[arg(long, default_value_t = 0)]
     hosts: usize,
@@ -130,7 +133,7 @@ fn existing(dir: &Path) -> anyhow::Result<LabState> {
 
 fn member_config(lab: &LabState, m: &LabMember) -> String {
     let dir = lab.member_dir(&m.name);
-    format!(
+    let mut text = format!(
         "name = {:?}\nnode_id = {}\ndata_dir = {:?}\nportal = {:?}\napi = {:?}\ngroup_portal = {:?}\nbootstrap = {}\n",
         m.name,
         m.node_id,
@@ -139,7 +142,29 @@ fn member_config(lab: &LabState, m: &LabMember) -> String {
         m.api,
         lab.group_portal,
         m.node_id == 1
-    )
+    );
+    if !m.peer.is_empty() {
+        text.push_str(&format!("peer = {:?}\n", m.peer));
+    }
+    if let Some(c) = &m.capacity {
+        text.push_str(&format!("capacity = {c:?}\n"));
+    }
+    // Later members join through the first one.
+    if let Some(first) = lab.members.first().filter(|f| f.name != m.name) {
+        text.push_str(&format!("join = {:?}\n", first.api));
+    }
+    text
+}
+
+fn new_member(i: usize, capacity: Option<&str>) -> anyhow::Result<LabMember> {
+    Ok(LabMember {
+        name: format!("member-{i}"),
+        node_id: i as u64,
+        api: format!("127.0.0.1:{}", free_port()?),
+        portal: format!("127.0.0.1:{}", free_port()?),
+        peer: format!("127.0.0.1:{}", free_port()?),
+        capacity: capacity.map(str::to_string),
+    })
 }
 
 fn start_member(lab: &LabState, m: &LabMember) -> anyhow::Result<()> {
@@ -148,8 +173,8 @@ fn start_member(lab: &LabState, m: &LabMember) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (what, addr) in [("portal", &m.portal), ("API", &m.api)] {
-        if std::net::TcpListener::bind(addr).is_err() {
+    for (what, addr) in [("portal", &m.portal), ("API", &m.api), ("peer", &m.peer)] {
+        if !addr.is_empty() && std::net::TcpListener::bind(addr).is_err() {
             bail!(
                 "{}'s {what} address {addr} is in use by another process",
                 m.name
@@ -268,11 +293,11 @@ fn group_portal_in_use(addr: &str) -> bool {
 }
 
 async fn up(a: UpArgs) -> anyhow::Result<()> {
-    if a.members != 1 {
-        bail!(
-            "--members {}: multi-member groups are not built yet; the lab runs 1 member",
-            a.members
-        );
+    if !(1..=9).contains(&a.members) {
+        bail!("--members {}: the lab runs 1 to 9 members", a.members);
+    }
+    if let Some(c) = &a.member_capacity {
+        api::parse_size(c).map_err(|e| anyhow::anyhow!("--member-capacity {c}: {e}"))?;
     }
     if a.hosts > 16 {
         bail!("--hosts {}: the lab runs at most 16 hosts", a.hosts);
@@ -308,14 +333,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let dir = dir.canonicalize()?;
             let members = (1..=a.members)
-                .map(|i| {
-                    Ok(LabMember {
-                        name: format!("member-{i}"),
-                        node_id: i as u64,
-                        api: format!("127.0.0.1:{}", free_port()?),
-                        portal: format!("127.0.0.1:{}", free_port()?),
-                    })
-                })
+                .map(|i| new_member(i, a.member_capacity.as_deref()))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let lab = LabState {
                 group_portal,
@@ -338,6 +356,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         );
     }
     let mut lab = lab;
+    // A larger --members adds members (they join and the group rebalances); a smaller one
+    // leaves the existing ones (`haven member remove` evacuates one).
+    for i in lab.members.len() + 1..=a.members {
+        lab.members
+            .push(new_member(i, a.member_capacity.as_deref())?);
+        lab.save()?;
+    }
     // A larger --hosts adds hosts; a smaller one leaves the existing ones.
     for i in lab.hosts.len() + 1..=a.hosts {
         lab.hosts.push(LabHost {

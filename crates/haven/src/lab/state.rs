@@ -11,6 +11,12 @@ pub struct LabMember {
     pub node_id: u64,
     pub api: String,
     pub portal: String,
+    /// Member-to-member listener ("" in labs made before it existed: any free port).
+    #[serde(default)]
+    pub peer: String,
+    /// What the member offers the pool (`--member-capacity`); free space when unset.
+    #[serde(default)]
+    pub capacity: Option<String>,
 }
 
 /// A hypervisor host of the lab: its agent's API address.

@@ -47,6 +47,7 @@ pub struct Lab {
     pub dir: PathBuf,
     pub portal: String,
     pub hosts: usize,
+    pub members: usize,
 }
 
 impl Lab {
@@ -56,6 +57,15 @@ impl Lab {
 
     /// A lab with `hosts` hypervisor hosts besides its member.
     pub fn up_with_hosts(hosts: usize) -> Lab {
+        Lab::up_sized(1, hosts)
+    }
+
+    /// A lab of `members` storage members (and no hosts).
+    pub fn up_group(members: usize) -> Lab {
+        Lab::up_sized(members, 0)
+    }
+
+    fn up_sized(members: usize, hosts: usize) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         // A loopback address of its own keeps the test clear of a developer's lab.
@@ -70,6 +80,7 @@ impl Lab {
             dir,
             portal,
             hosts,
+            members,
         };
         lab.up_again();
         lab
@@ -77,6 +88,7 @@ impl Lab {
 
     pub fn up_again(&self) {
         let hosts = self.hosts.to_string();
+        let members = self.members.to_string();
         let o = haven(
             &[
                 "lab",
@@ -88,6 +100,8 @@ impl Lab {
                 &self.portal,
                 "--hosts",
                 &hosts,
+                "--members",
+                &members,
             ],
             &[],
         );

@@ -34,7 +34,7 @@ const INLINE_MAX: u32 = 128 * 1024;
 
 /// Whether `cmd` is cheap and cannot wait on the disk: it may run on the connection task.
 pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
-    if parse_lun(cmd.lun) != Some(0) || cmd.expected_len > INLINE_MAX {
+    if parse_lun(cmd.lun) != Some(0) || cmd.expected_len > INLINE_MAX || !vol.dev.inline_ok() {
         return false;
     }
     match cmd.cdb.first() {

@@ -1,0 +1,221 @@
+//! Filling a new copy of a placement group: its primary copies every chunk of the group,
+//! chunk by chunk under the chunk's write lock (so live writes, which also go to the new
+//! copy, cannot be overtaken by an older copied chunk), then proposes `PgInSync`. The
+//! command is refused if the group changed meanwhile (its `pg_epoch`), and the next scan
+//! starts over.
+
+use super::{Fail, Group};
+use control::{Command, Outcome, CHUNK_BYTES, PG_COUNT};
+use peer::Message;
+use scsi::BlockDevice;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Start a fill for every copy this member is primary of that is not in sync yet.
+pub fn scan(group: &Arc<Group>) {
+    let state = group.state();
+    for (&replicas, table) in &state.layout.tables {
+        for pg in 0..table.map.pg_count {
+            if table.primary(pg) != Some(group.node) {
+                continue;
+            }
+            for target in table.backfills(pg) {
+                let down = state
+                    .members
+                    .values()
+                    .any(|m| m.node_id == target && m.down);
+                let key = (replicas, pg, target);
+                if down || !group.backfills.lock().unwrap().insert(key) {
+                    continue;
+                }
+                let (g, pg_epoch) = (group.clone(), table.pg_epoch(pg));
+                tokio::spawn(async move {
+                    let missed = g.missed_writes(pg, target);
+                    let done = fill(&g, replicas, pg, target, pg_epoch).await;
+                    match done {
+                        Ok(bytes) => {
+                            declare(&g, replicas, pg, target, pg_epoch, missed, bytes).await
+                        }
+                        Err(f) => {
+                            tracing::debug!(pg, target, fail = ?f, "fill stopped; retrying later");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                    g.backfills.lock().unwrap().remove(&key);
+                });
+            }
+        }
+    }
+}
+
+/// Propose the filled copy in sync, with the group's writes held back so none can reach
+/// the copy as a best-effort write (whose failure would go unnoticed) once it counts.
+async fn declare(
+    g: &Arc<Group>,
+    replicas: u8,
+    pg: u32,
+    target: u64,
+    pg_epoch: u64,
+    missed: u64,
+    bytes: u64,
+) {
+    let _gate = g.gate(pg).write().await;
+    if g.missed_writes(pg, target) != missed {
+        tracing::debug!(
+            pg,
+            target,
+            "the copy missed a write while being filled; filling again"
+        );
+        return;
+    }
+    let cmd = Command::PgInSync {
+        replicas,
+        pg,
+        node: target,
+        pg_epoch,
+    };
+    match g.control.write(cmd).await {
+        Ok(Outcome::Ok) => {
+            // Hold the gate until this member applied it: from then on writes must reach
+            // the copy.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline
+                && !g
+                    .state()
+                    .table(replicas)
+                    .is_some_and(|t| t.is_in_sync(pg, target) || t.pg_epoch(pg) != pg_epoch)
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tracing::info!(pg, target, bytes, "copy of placement group in sync");
+        }
+        Ok(other) => tracing::debug!(pg, target, ?other, "fill is stale"),
+        Err(e) => tracing::warn!(pg, target, error = %e, "cannot record the fill"),
+    }
+}
+
+/// Copy every chunk of `pg` (all volumes of the class) to `target`; the bytes sent.
+async fn fill(
+    g: &Arc<Group>,
+    replicas: u8,
+    pg: u32,
+    target: u64,
+    pg_epoch: u64,
+) -> Result<u64, Fail> {
+    let volumes: Vec<_> = g
+        .state()
+        .volumes
+        .values()
+        .filter(|v| v.replicas == replicas)
+        .cloned()
+        .collect();
+    let mut sent = 0;
+    for v in volumes {
+        let chunks = v.size.div_ceil(CHUNK_BYTES);
+        let first = (0..u64::from(PG_COUNT))
+            .find(|c| g.striping.pg_of(v.placement_key(), c * CHUNK_BYTES) == pg)
+            .unwrap_or(0);
+        let mut chunk = first;
+        while chunk < chunks {
+            sent += fill_chunk(g, &v, replicas, pg, target, pg_epoch, chunk).await?;
+            chunk += u64::from(PG_COUNT);
+        }
+    }
+    Ok(sent)
+}
+
+async fn fill_chunk(
+    g: &Arc<Group>,
+    v: &control::Volume,
+    replicas: u8,
+    pg: u32,
+    target: u64,
+    pg_epoch: u64,
+    chunk: u64,
+) -> Result<u64, Fail> {
+    let start = chunk * CHUNK_BYTES;
+    let end = (start + CHUNK_BYTES).min(v.size);
+    for _attempt in 0..50 {
+        let _lock = g.lock_of(v.id, start).write().await;
+        let state = g.state();
+        let epoch = state.layout.epoch;
+        let Some(table) = state.table(replicas) else {
+            return Err(Fail::Refused("no table".into()));
+        };
+        if table.pg_epoch(pg) != pg_epoch || table.primary(pg) != Some(g.node) {
+            return Err(Fail::Refused("the group changed".into()));
+        }
+        let local = g.local(v.id)?;
+        let bs = u64::from(local.block_size());
+        let runs = super::blocking({
+            let local = local.clone();
+            move || runs(&local, start / bs, end / bs)
+        })
+        .await?;
+        let mut sent = 0;
+        let mut result = Ok(());
+        for (lba, blocks, mapped) in runs {
+            let (offset, len) = (lba * bs, blocks * bs);
+            let message = if mapped {
+                let local = local.clone();
+                let data = super::blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    local.read(lba, &mut buf)?;
+                    Ok(bytes::Bytes::from(buf))
+                })
+                .await?;
+                sent += len;
+                Message::ReplicaWrite(peer::WriteOp {
+                    volume: v.id,
+                    pg,
+                    offset,
+                    fua: false,
+                    data,
+                })
+            } else {
+                Message::ReplicaUnmap(peer::Region {
+                    volume: v.id,
+                    pg,
+                    offset,
+                    len,
+                })
+            };
+            if let Err(f) = g.call(target, epoch, message).await {
+                result = Err(f);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                g.resync_bytes.fetch_add(sent, Ordering::Relaxed);
+                return Ok(sent);
+            }
+            // Our epoch moved on (another group's change): copy the chunk again under it.
+            Err(Fail::Stale { current }) => {
+                drop(_lock);
+                g.wait_epoch(current, Duration::from_secs(2)).await;
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Fail::Refused("the epoch kept changing".into()))
+}
+
+/// The provisioning runs of `[lba, end)`, each at most 1 MiB of blocks long when mapped.
+fn runs(
+    v: &store::Volume,
+    mut lba: u64,
+    end: u64,
+) -> Result<Vec<(u64, u64, bool)>, scsi::DeviceError> {
+    let max = (1 << 20) / u64::from(v.block_size());
+    let mut out = Vec::new();
+    while lba < end {
+        let s = v.lba_status(lba)?;
+        let blocks = s.blocks.clamp(1, end - lba);
+        let blocks = if s.mapped { blocks.min(max) } else { blocks };
+        out.push((lba, blocks, s.mapped));
+        lba += blocks;
+    }
+    Ok(out)
+}

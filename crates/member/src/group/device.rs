@@ -1,0 +1,141 @@
+//! A volume as the SCSI engine sees it on a member of a group.
+
+use super::Group;
+use bytes::Bytes;
+use control::CHUNK_BYTES;
+use scsi::{BlockDevice, DeviceError, LbaStatus};
+use std::sync::Arc;
+
+/// A volume served through the group: alone, the local store; otherwise each chunk at its
+/// placement group's primary (see the module docs of [`super`]).
+pub struct GroupDevice {
+    group: Arc<Group>,
+    volume: u64,
+    local: Arc<store::Volume>,
+}
+
+impl GroupDevice {
+    pub fn new(group: Arc<Group>, volume: u64, local: Arc<store::Volume>) -> Self {
+        GroupDevice {
+            group,
+            volume,
+            local,
+        }
+    }
+
+    /// Run a group operation from the engine's (blocking) thread.
+    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let rt = self.group.rt.clone();
+        tokio::task::block_in_place(move || rt.block_on(f))
+    }
+
+    fn bytes(&self, lba: u64) -> u64 {
+        lba * u64::from(self.local.block_size())
+    }
+
+    /// With the write cache off every write is durable before it is acknowledged, on every
+    /// copy.
+    fn durable(&self, fua: bool) -> bool {
+        fua || !self.local.write_cache_enabled()
+    }
+}
+
+impl BlockDevice for GroupDevice {
+    fn block_size(&self) -> u32 {
+        self.local.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.local.num_blocks()
+    }
+    fn thin(&self) -> bool {
+        self.local.thin()
+    }
+    fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        if self.group.is_alone() {
+            return self.local.read(lba, buf);
+        }
+        self.check_range(lba, buf.len())?;
+        let g = self.group.clone();
+        self.block(g.read(self.volume, self.bytes(lba), buf))
+    }
+    fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        if self.group.is_alone() {
+            return self.local.write(lba, data, fua);
+        }
+        self.check_range(lba, data.len())?;
+        let g = self.group.clone();
+        let fua = self.durable(fua);
+        self.block(g.write(
+            self.volume,
+            self.bytes(lba),
+            Bytes::copy_from_slice(data),
+            fua,
+        ))
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        if self.group.is_alone() {
+            return self.local.flush();
+        }
+        let g = self.group.clone();
+        self.block(g.flush(self.volume))
+    }
+    fn unmap(&self, lba: u64, blocks: u64) -> Result<(), DeviceError> {
+        if self.group.is_alone() {
+            return self.local.unmap(lba, blocks);
+        }
+        let bs = u64::from(self.local.block_size());
+        self.check_range(lba, (blocks * bs) as usize)?;
+        let g = self.group.clone();
+        self.block(g.unmap(self.volume, self.bytes(lba), blocks * bs))
+    }
+    fn lba_status(&self, lba: u64) -> Result<LbaStatus, DeviceError> {
+        let local = self.local.lba_status(lba)?;
+        if self.group.is_alone() {
+            return Ok(local);
+        }
+        // Provisioning is known for the chunks this member holds a complete copy of; the
+        // rest is reported mapped (always a safe answer), a chunk at a time.
+        let bs = u64::from(self.local.block_size());
+        let chunk_end = ((lba * bs) / CHUNK_BYTES + 1) * CHUNK_BYTES / bs;
+        let end = chunk_end.min(self.local.num_blocks());
+        let blocks = end.saturating_sub(lba).max(1);
+        if self.group.holds_in_sync(self.volume, lba * bs) {
+            Ok(LbaStatus {
+                lba,
+                blocks: local.blocks.min(blocks),
+                mapped: local.mapped,
+            })
+        } else {
+            Ok(LbaStatus {
+                lba,
+                blocks,
+                mapped: true,
+            })
+        }
+    }
+    fn congested(&self) -> bool {
+        self.local.congested()
+    }
+    fn inline_ok(&self) -> bool {
+        self.group.is_alone()
+    }
+    fn write_cache_enabled(&self) -> bool {
+        self.local.write_cache_enabled()
+    }
+    fn set_write_cache(&self, enabled: bool) -> Result<(), DeviceError> {
+        self.local.set_write_cache(enabled)
+    }
+}
+
+impl GroupDevice {
+    fn check_range(&self, lba: u64, len: usize) -> Result<(), DeviceError> {
+        let blocks = len as u64 / u64::from(self.local.block_size());
+        if lba
+            .checked_add(blocks)
+            .is_none_or(|end| end > self.local.num_blocks())
+        {
+            return Err(DeviceError::OutOfRange { lba, blocks });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,665 @@
+//! The group data path: every member serves every volume; each 4 MiB chunk of a volume
+//! belongs to a placement group whose primary orders and acknowledges its writes.
+//!
+//! ```text
+//!  initiator ─► any member's portal ─► GroupDevice ─► span per chunk
+//!     primary here?  yes ─► primary_write: chunk lock, local journal, ReplicaWrite to every
+//!                           copy (all in-sync copies must answer), then acknowledge
+//!                    no  ─► Write to the primary over the peer protocol (it does the above)
+//!  refused (stale epoch, not primary) or unreachable ─► wait for the next epoch, retry
+//! ```
+//!
+//! Every peer request carries the layout epoch it was made under and is refused by a
+//! member at another epoch, so a primary cut off from the group (which cannot learn that a
+//! new epoch dropped it) can never collect its replicas' answers, and never acknowledges a
+//! write alone. Writes of one chunk are serialized at its primary (a chunk lock held until
+//! every copy answered), so copies apply overlapping writes in the same order, and a read
+//! at the primary waits for a write in flight to the same chunk: nothing is read that a
+//! replica does not have yet.
+//!
+//! A one-member group takes none of these paths: `GroupDevice` calls the local store
+//! directly, inline on the connection's task.
+
+mod backfill;
+mod device;
+mod liveness;
+mod server;
+
+pub use device::GroupDevice;
+pub use server::handle;
+
+use bytes::Bytes;
+use control::{ClusterState, ControlPlane, CHUNK_BYTES, PG_COUNT};
+use peer::{ClientConfig, ErrorCode, Message, PeerClient};
+use placement::Striping;
+use scsi::{BlockDevice, DeviceError};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use store::Store;
+use tokio::sync::watch;
+
+/// Chunk lock stripes: writes and reads of one chunk at its primary share one.
+const LOCK_STRIPES: usize = 4096;
+
+/// How long a front-end keeps retrying an I/O whose placement group has no reachable
+/// primary before it reports an error to the initiator.
+const IO_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why one attempt at a group operation did not complete.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// Made under another epoch than the receiver's.
+    Stale { current: u64 },
+    /// A member did not answer (down, partitioned, restarting).
+    Unreachable(String),
+    /// Not the primary, not a copy, or the volume is not there yet: retry shortly.
+    Refused(String),
+    /// The device failed: report it.
+    Device(DeviceError),
+}
+
+impl Fail {
+    fn from_peer(e: peer::Error) -> Fail {
+        match e {
+            peer::Error::Remote(reply) => match reply.code {
+                ErrorCode::StaleEpoch { current } => Fail::Stale { current },
+                ErrorCode::Io => Fail::Device(DeviceError::Io(std::io::Error::other(reply.text))),
+                _ => Fail::Refused(reply.text),
+            },
+            other => Fail::Unreachable(other.to_string()),
+        }
+    }
+
+    /// The Error message a peer handler answers with.
+    pub(crate) fn to_message(&self) -> Message {
+        let reply = match self {
+            Fail::Stale { current } => peer::ErrorReply::new(
+                ErrorCode::StaleEpoch { current: *current },
+                "the layout changed",
+            ),
+            Fail::Unreachable(why) => peer::ErrorReply::new(
+                ErrorCode::NotInSync,
+                format!("a copy is unreachable: {why}"),
+            ),
+            Fail::Refused(why) => {
+                peer::ErrorReply::new(ErrorCode::NotPrimary { primary: None }, why)
+            }
+            Fail::Device(e) => peer::ErrorReply::new(ErrorCode::Io, e.to_string()),
+        };
+        Message::Error(reply)
+    }
+}
+
+/// This member's view of the group's data path.
+pub struct Group {
+    pub node: u64,
+    control: ControlPlane,
+    store: Arc<Store>,
+    rt: tokio::runtime::Handle,
+    state: RwLock<Arc<ClusterState>>,
+    /// The layout epoch of `state`; shared with the peer server, which refuses requests
+    /// made under another.
+    epoch: Arc<AtomicU64>,
+    epoch_tx: watch::Sender<u64>,
+    /// True while the group has this member only: I/O goes straight to the store.
+    alone: AtomicBool,
+    striping: Striping,
+    engine: peer::Config,
+    peers: Mutex<HashMap<u64, PeerClient>>,
+    locks: Vec<tokio::sync::RwLock<()>>,
+    /// When each peer last answered a ping.
+    last_ok: Mutex<HashMap<u64, Instant>>,
+    /// Backfills running: (replica class, placement group, target node).
+    backfills: Mutex<HashSet<(u8, u32, u64)>>,
+    /// Writes to a placement group hold its gate shared; a fill that is about to declare
+    /// its copy in sync holds it exclusively, so no write can slip past the new copy
+    /// between the last check and the commit.
+    gates: Vec<tokio::sync::RwLock<()>>,
+    /// Per (placement group, copy being filled): raised whenever a write to that copy
+    /// failed, so a fill that overlapped it is not declared complete.
+    missed: Mutex<HashMap<(u32, u64), u64>>,
+    /// Bytes copied to other members by backfills since start.
+    pub resync_bytes: AtomicU64,
+    /// Sessions on each other member, polled for login redirection.
+    pub loads: Mutex<HashMap<u64, usize>>,
+}
+
+impl Group {
+    pub fn new(node: u64, control: ControlPlane, store: Arc<Store>) -> Arc<Self> {
+        let state = control.state();
+        let epoch = state.layout.epoch;
+        Arc::new(Group {
+            node,
+            alone: AtomicBool::new(state.members.len() <= 1),
+            state: RwLock::new(state),
+            control,
+            store,
+            rt: tokio::runtime::Handle::current(),
+            epoch: Arc::new(AtomicU64::new(epoch)),
+            epoch_tx: watch::Sender::new(epoch),
+            striping: Striping::new(CHUNK_BYTES, PG_COUNT).expect("constant striping is valid"),
+            engine: peer::Config::new(node, 0),
+            peers: Mutex::new(HashMap::new()),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
+            last_ok: Mutex::new(HashMap::new()),
+            backfills: Mutex::new(HashSet::new()),
+            gates: (0..PG_COUNT)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
+            missed: Mutex::new(HashMap::new()),
+            resync_bytes: AtomicU64::new(0),
+            loads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The epoch counter the peer server checks requests against.
+    pub fn epoch_counter(&self) -> Arc<AtomicU64> {
+        self.epoch.clone()
+    }
+
+    pub fn engine_config(&self) -> peer::Config {
+        self.engine.clone()
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.read().unwrap().clone()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn is_alone(&self) -> bool {
+        self.alone.load(Ordering::Acquire)
+    }
+
+    /// Follow a newly applied state (after the registry reconciled its volumes).
+    pub fn observe(self: &Arc<Self>, state: Arc<ClusterState>) {
+        let epoch = state.layout.epoch;
+        self.alone
+            .store(state.members.len() <= 1, Ordering::Release);
+        *self.state.write().unwrap() = state;
+        self.epoch.store(epoch, Ordering::Release);
+        self.epoch_tx.send_if_modified(|e| {
+            let changed = *e != epoch;
+            *e = epoch;
+            changed
+        });
+        backfill::scan(self);
+    }
+
+    /// Start pinging peers, the leader's failure detector and periodic backfill scans.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(liveness::run(self.clone()));
+    }
+
+    /// Wait until this member's epoch is at least `epoch`, or `limit` passed.
+    async fn wait_epoch(&self, epoch: u64, limit: Duration) {
+        let mut rx = self.epoch_tx.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|e| *e >= epoch)).await;
+    }
+
+    /// Wait until the epoch moves past `seen`, or `limit` passed.
+    async fn wait_past(&self, seen: u64, limit: Duration) {
+        self.wait_epoch(seen + 1, limit).await
+    }
+
+    fn lock_of(&self, volume: u64, offset: u64) -> &tokio::sync::RwLock<()> {
+        let chunk = offset / CHUNK_BYTES;
+        // Any spread will do: chunks of one volume are consecutive numbers.
+        let h = (volume.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ chunk)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            >> 20;
+        &self.locks[(h % LOCK_STRIPES as u64) as usize]
+    }
+
+    fn local(&self, volume: u64) -> Result<Arc<store::Volume>, Fail> {
+        self.store
+            .volume(volume)
+            .map_err(|e| Fail::Refused(format!("volume {volume} is not here yet: {e}")))
+    }
+
+    /// A connection to `node`, made now if there is none.
+    async fn client(&self, node: u64) -> Result<PeerClient, Fail> {
+        if let Some(c) = self.peers.lock().unwrap().get(&node) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let state = self.state();
+        let Some(m) = state.members.values().find(|m| m.node_id == node) else {
+            return Err(Fail::Unreachable(format!("member {node} is unknown")));
+        };
+        if m.peer.is_empty() {
+            return Err(Fail::Unreachable(format!("{} has no peer address", m.name)));
+        }
+        let mut config = ClientConfig::new(self.engine.clone());
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(5);
+        let client = PeerClient::connect(m.peer.as_str(), config)
+            .await
+            .map_err(|e| Fail::Unreachable(format!("{}: {e}", m.name)))?;
+        self.peers.lock().unwrap().insert(node, client.clone());
+        Ok(client)
+    }
+
+    async fn call(&self, node: u64, epoch: u64, message: Message) -> Result<Message, Fail> {
+        let client = self.client(node).await?;
+        match client.call(epoch, message).await {
+            Ok(Message::Error(reply)) => Err(Fail::from_peer(peer::Error::Remote(reply))),
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                if client.is_closed() {
+                    self.peers.lock().unwrap().remove(&node);
+                }
+                Err(Fail::from_peer(e))
+            }
+        }
+    }
+
+    /// Wait before the next attempt, according to why the last one failed. Returns the
+    /// error to report when the device failed or the deadline passed.
+    async fn backoff(&self, fail: Fail, seen: u64, deadline: Instant) -> Result<(), DeviceError> {
+        if Instant::now() > deadline {
+            return Err(DeviceError::Io(std::io::Error::other(format!(
+                "placement group unavailable: {fail:?}"
+            ))));
+        }
+        match fail {
+            Fail::Device(e) => return Err(e),
+            Fail::Stale { current } if current > seen => {
+                self.wait_epoch(current, Duration::from_secs(2)).await
+            }
+            Fail::Stale { .. } => tokio::time::sleep(Duration::from_millis(2)).await,
+            Fail::Unreachable(why) => {
+                tracing::debug!(%why, "peer unreachable; waiting for the next epoch");
+                self.wait_past(seen, Duration::from_millis(500)).await
+            }
+            Fail::Refused(why) => {
+                tracing::debug!(%why, "refused; retrying");
+                self.wait_past(seen, Duration::from_millis(20)).await
+            }
+        }
+        Ok(())
+    }
+
+    /// The placement group of byte `offset` of the volume with this placement key.
+    fn spans(&self, key: u64, offset: u64, len: u64) -> Vec<placement::Span> {
+        self.striping.spans(key, offset, len).collect()
+    }
+
+    fn volume_info(&self, volume: u64) -> Option<(u64, u8)> {
+        self.state()
+            .volumes
+            .values()
+            .find(|v| v.id == volume)
+            .map(|v| (v.placement_key(), v.replicas))
+    }
+
+    /// Write `data` at byte `offset` of `volume` through the group.
+    pub async fn write(
+        self: &Arc<Self>,
+        volume: u64,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), DeviceError> {
+        let Some((key, _)) = self.volume_info(volume) else {
+            return Err(gone(volume));
+        };
+        for span in self.spans(key, offset, data.len() as u64) {
+            let at = (span.offset - offset) as usize;
+            let piece = data.slice(at..at + span.len as usize);
+            let deadline = Instant::now() + IO_DEADLINE;
+            loop {
+                let seen = self.epoch();
+                let op = peer::WriteOp {
+                    volume,
+                    pg: span.pg,
+                    offset: span.offset,
+                    fua,
+                    data: piece.clone(),
+                };
+                let attempt = match self.primary_of(volume, span.pg) {
+                    Some(p) if p == self.node => self.primary_write(op, seen).await,
+                    Some(p) => self.call(p, seen, Message::Write(op)).await.map(|_| ()),
+                    None => Err(Fail::Unreachable("no in-sync copy".into())),
+                };
+                match attempt {
+                    Ok(()) => break,
+                    Err(fail) => self.backoff(fail, seen, deadline).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read `len` bytes at `offset` of `volume` through the group, into `out`.
+    pub async fn read(
+        self: &Arc<Self>,
+        volume: u64,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        let Some((key, _)) = self.volume_info(volume) else {
+            return Err(gone(volume));
+        };
+        for span in self.spans(key, offset, out.len() as u64) {
+            let at = (span.offset - offset) as usize;
+            let dst = &mut out[at..at + span.len as usize];
+            let deadline = Instant::now() + IO_DEADLINE;
+            loop {
+                let seen = self.epoch();
+                let op = peer::ReadOp {
+                    volume,
+                    pg: span.pg,
+                    offset: span.offset,
+                    len: span.len as u32,
+                };
+                let attempt = match self.primary_of(volume, span.pg) {
+                    Some(p) if p == self.node => self.primary_read(op, seen).await,
+                    Some(p) => match self.call(p, seen, Message::Read(op)).await {
+                        Ok(Message::Data(d)) if d.len() == dst.len() => Ok(d),
+                        Ok(other) => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
+                        Err(f) => Err(f),
+                    },
+                    None => Err(Fail::Unreachable("no in-sync copy".into())),
+                };
+                match attempt {
+                    Ok(d) => {
+                        dst.copy_from_slice(&d);
+                        break;
+                    }
+                    Err(fail) => self.backoff(fail, seen, deadline).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deallocate `len` bytes at `offset` of `volume` on every copy.
+    pub async fn unmap(
+        self: &Arc<Self>,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
+        let Some((key, _)) = self.volume_info(volume) else {
+            return Err(gone(volume));
+        };
+        for span in self.spans(key, offset, len) {
+            let deadline = Instant::now() + IO_DEADLINE;
+            loop {
+                let seen = self.epoch();
+                let region = peer::Region {
+                    volume,
+                    pg: span.pg,
+                    offset: span.offset,
+                    len: span.len,
+                };
+                let attempt = match self.primary_of(volume, span.pg) {
+                    Some(p) if p == self.node => self.primary_unmap(region, seen).await,
+                    Some(p) => self.call(p, seen, Message::Unmap(region)).await.map(|_| ()),
+                    None => Err(Fail::Unreachable("no in-sync copy".into())),
+                };
+                match attempt {
+                    Ok(()) => break,
+                    Err(fail) => self.backoff(fail, seen, deadline).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make every acknowledged write of `volume` durable: every up member syncs its journal
+    /// (writes are acknowledged once every in-sync copy holds them, so this covers all).
+    pub async fn flush(self: &Arc<Self>, volume: u64) -> Result<(), DeviceError> {
+        let deadline = Instant::now() + IO_DEADLINE;
+        loop {
+            let seen = self.epoch();
+            let state = self.state();
+            let mut tasks = tokio::task::JoinSet::new();
+            for m in state.up_members() {
+                let (g, node) = (self.clone(), m.node_id);
+                tasks.spawn(async move {
+                    if node == g.node {
+                        g.local_flush(volume).await
+                    } else {
+                        g.call(node, seen, Message::Flush(peer::FlushOp { volume }))
+                            .await
+                            .map(|_| ())
+                    }
+                });
+            }
+            let mut failed = None;
+            while let Some(r) = tasks.join_next().await {
+                if let Ok(Err(f)) = r {
+                    failed = Some(f);
+                }
+            }
+            match failed {
+                None => return Ok(()),
+                Some(fail) => self.backoff(fail, seen, deadline).await?,
+            }
+        }
+    }
+
+    fn primary_of(&self, volume: u64, pg: u32) -> Option<u64> {
+        let state = self.state();
+        let v = state.volumes.values().find(|v| v.id == volume)?;
+        state.table(v.replicas)?.primary(pg)
+    }
+
+    /// Check that this member is the primary of `pg` for `volume` at `epoch`; the copies to
+    /// write to (other than this one) and whether each must answer.
+    fn as_primary(&self, volume: u64, pg: u32, epoch: u64) -> Result<Vec<(u64, bool)>, Fail> {
+        let state = self.state();
+        if state.layout.epoch != epoch {
+            return Err(Fail::Stale {
+                current: state.layout.epoch,
+            });
+        }
+        let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+            return Err(Fail::Refused(format!("no volume {volume}")));
+        };
+        let Some(table) = state.table(v.replicas) else {
+            return Err(Fail::Refused("no placement table".into()));
+        };
+        if table.primary(pg) != Some(self.node) {
+            return Err(Fail::Refused(format!(
+                "member {} is not the primary of group {pg}",
+                self.node
+            )));
+        }
+        let down: HashSet<u64> = state
+            .members
+            .values()
+            .filter(|m| m.down)
+            .map(|m| m.node_id)
+            .collect();
+        Ok(table
+            .copies(pg)
+            .into_iter()
+            .filter(|m| *m != self.node)
+            .filter_map(|m| {
+                let must = table.is_in_sync(pg, m);
+                // A down copy that is in sync is the last one of a group this member is not
+                // primary of; a down copy being filled is skipped (the backfill restarts).
+                (!down.contains(&m) || must).then_some((m, must))
+            })
+            .collect())
+    }
+
+    /// Run a change at the primary: under the chunk's write lock, locally, then on every
+    /// other copy; acknowledged only when every in-sync copy answered.
+    async fn replicate(
+        self: &Arc<Self>,
+        volume: u64,
+        pg: u32,
+        offset: u64,
+        epoch: u64,
+        local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
+        message: Message,
+    ) -> Result<(), Fail> {
+        let _gate = self.gate(pg).read().await;
+        let _chunk = self.lock_of(volume, offset).write().await;
+        let copies = self.as_primary(volume, pg, epoch)?;
+        let vol = self.local(volume)?;
+        blocking(move || local(vol)).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (node, must) in copies {
+            let (g, m) = (self.clone(), message.clone());
+            tasks.spawn(async move { (node, must, g.call(node, epoch, m).await) });
+        }
+        let mut failed = None;
+        while let Some(r) = tasks.join_next().await {
+            let Ok((node, must, result)) = r else {
+                continue;
+            };
+            if let Err(f) = result {
+                if must {
+                    failed = Some(f);
+                } else {
+                    tracing::debug!(
+                        node,
+                        pg,
+                        "a copy being filled missed a write; its fill restarts"
+                    );
+                    self.backfills_restart(pg, node);
+                }
+            }
+        }
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn primary_write(
+        self: &Arc<Self>,
+        op: peer::WriteOp,
+        epoch: u64,
+    ) -> Result<(), Fail> {
+        let (volume, pg, offset) = (op.volume, op.pg, op.offset);
+        let data = op.data.clone();
+        let fua = op.fua;
+        self.replicate(
+            volume,
+            pg,
+            offset,
+            epoch,
+            move |v| write_local(&v, offset, &data, fua),
+            Message::ReplicaWrite(op),
+        )
+        .await
+    }
+
+    pub(crate) async fn primary_unmap(
+        self: &Arc<Self>,
+        r: peer::Region,
+        epoch: u64,
+    ) -> Result<(), Fail> {
+        self.replicate(
+            r.volume,
+            r.pg,
+            r.offset,
+            epoch,
+            move |v| unmap_local(&v, r.offset, r.len),
+            Message::ReplicaUnmap(r),
+        )
+        .await
+    }
+
+    pub(crate) async fn primary_read(
+        self: &Arc<Self>,
+        op: peer::ReadOp,
+        epoch: u64,
+    ) -> Result<Bytes, Fail> {
+        let _chunk = self.lock_of(op.volume, op.offset).read().await;
+        self.as_primary(op.volume, op.pg, epoch)?;
+        let vol = self.local(op.volume)?;
+        blocking(move || {
+            let bs = vol.block_size() as u64;
+            let mut buf = vec![0u8; op.len as usize];
+            vol.read(op.offset / bs, &mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    pub(crate) async fn local_flush(&self, volume: u64) -> Result<(), Fail> {
+        let vol = self.local(volume)?;
+        blocking(move || vol.flush()).await
+    }
+
+    /// A copy of `pg` missed a write while being filled: the fill running now must not
+    /// declare it complete.
+    fn backfills_restart(&self, pg: u32, node: u64) {
+        *self.missed.lock().unwrap().entry((pg, node)).or_insert(0) += 1;
+    }
+
+    fn missed_writes(&self, pg: u32, node: u64) -> u64 {
+        self.missed
+            .lock()
+            .unwrap()
+            .get(&(pg, node))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn gate(&self, pg: u32) -> &tokio::sync::RwLock<()> {
+        &self.gates[pg as usize % self.gates.len()]
+    }
+
+    /// Whether this member holds a complete copy of the chunk at byte `offset` of `volume`.
+    pub fn holds_in_sync(&self, volume: u64, offset: u64) -> bool {
+        let state = self.state();
+        let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+            return false;
+        };
+        let pg = self.striping.pg_of(v.placement_key(), offset);
+        state
+            .table(v.replicas)
+            .is_some_and(|t| t.is_in_sync(pg, self.node))
+    }
+
+    /// Peers that answered a ping within `within`.
+    pub fn reachable(&self, node: u64, within: Duration) -> bool {
+        self.last_ok
+            .lock()
+            .unwrap()
+            .get(&node)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+}
+
+fn gone(volume: u64) -> DeviceError {
+    DeviceError::Io(std::io::Error::other(format!("volume {volume} is gone")))
+}
+
+fn write_local(v: &store::Volume, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+    let bs = v.block_size() as u64;
+    v.write(offset / bs, data, fua)
+}
+
+fn unmap_local(v: &store::Volume, offset: u64, len: u64) -> Result<(), DeviceError> {
+    let bs = v.block_size() as u64;
+    v.unmap(offset / bs, len / bs)
+}
+
+/// Run store I/O on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DeviceError> + Send + 'static,
+) -> Result<T, Fail> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Fail::Device(e)),
+        Err(e) => Err(Fail::Device(DeviceError::Io(std::io::Error::other(
+            e.to_string(),
+        )))),
+    }
+}

@@ -1,0 +1,55 @@
+//! Answering other members' peer requests.
+
+use super::{blocking, unmap_local, write_local, Fail, Group};
+use peer::{Message, Request};
+use std::sync::Arc;
+
+/// Answer one request. The peer server already refused requests made under another epoch
+/// than this member's.
+pub async fn handle(group: Arc<Group>, req: Request) -> Message {
+    let epoch = req.epoch;
+    let result = match req.message {
+        Message::Write(op) => group.primary_write(op, epoch).await.map(|()| Message::Ok),
+        Message::Unmap(r) => group.primary_unmap(r, epoch).await.map(|()| Message::Ok),
+        Message::Read(op) => group.primary_read(op, epoch).await.map(Message::Data),
+        Message::Flush(f) | Message::ReplicaFlush(f) => {
+            group.local_flush(f.volume).await.map(|()| Message::Ok)
+        }
+        Message::ReplicaWrite(op) => match copy_of(&group, op.volume, op.pg) {
+            Ok(vol) => blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
+                .await
+                .map(|()| Message::Ok),
+            Err(f) => Err(f),
+        },
+        Message::ReplicaUnmap(r) => match copy_of(&group, r.volume, r.pg) {
+            Ok(vol) => blocking(move || unmap_local(&vol, r.offset, r.len))
+                .await
+                .map(|()| Message::Ok),
+            Err(f) => Err(f),
+        },
+        Message::Ping { nonce } => Ok(Message::Pong { nonce }),
+        other => Err(Fail::Refused(format!(
+            "request kind {:#04x} is not served",
+            other.kind()
+        ))),
+    };
+    result.unwrap_or_else(|f| f.to_message())
+}
+
+/// The local volume when this member holds (or is being given) a copy of `pg`.
+fn copy_of(group: &Group, volume: u64, pg: u32) -> Result<Arc<store::Volume>, Fail> {
+    let state = group.state();
+    let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+        return Err(Fail::Refused(format!("no volume {volume}")));
+    };
+    let holds = state
+        .table(v.replicas)
+        .is_some_and(|t| t.copies(pg).contains(&group.node));
+    if !holds {
+        return Err(Fail::Refused(format!(
+            "member {} holds no copy of group {pg}",
+            group.node
+        )));
+    }
+    group.local(volume)
+}
