@@ -512,6 +512,9 @@ impl Group {
         blocking(move || local(vol)).await?;
         let mut tasks = tokio::task::JoinSet::new();
         for (node, must) in copies {
+            if fault_injected() {
+                continue;
+            }
             let (g, m) = (self.clone(), message.clone());
             tasks.spawn(async move { (node, must, g.call(node, epoch, m).await) });
         }
@@ -635,6 +638,13 @@ impl Group {
             .get(&node)
             .is_some_and(|t| t.elapsed() <= within)
     }
+}
+
+/// `HAVEN_FAULT_NO_REPLICATION=1` makes primaries skip their replicas: the fault the
+/// group tests must catch (a write acknowledged by one copy only).
+fn fault_injected() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var_os("HAVEN_FAULT_NO_REPLICATION").is_some())
 }
 
 fn gone(volume: u64) -> DeviceError {

@@ -1,0 +1,416 @@
+//! A group of three members: replicated volumes survive the loss of any one member.
+//!
+//! - A standard initiator (qemu-io through the group portal) keeps writing while the member
+//!   holding its session is SIGKILLed, and in a second round the member holding the group
+//!   portal (the Raft leader); every block reads back through every portal; the restarted
+//!   member's copies are filled again.
+//! - Clients of our own initiator on every member portal read and write registers while
+//!   members are killed and restarted; the history must be linearizable.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::initiator::Initiator;
+use support::{stderr, stdout, Lab};
+
+const MIB: u64 = 1 << 20;
+
+fn members(lab: &Lab) -> Vec<(String, String)> {
+    lab.status_json()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["portal"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn leader(lab: &Lab) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["member", "list", "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["leader"].as_bool() == Some(true))
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .expect("a leader")
+}
+
+fn session_member(lab: &Lab, volume: &str) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["volume", "show", volume, "--json"])).unwrap();
+    v["sessions"][0]["member"].as_str().map(str::to_string)
+}
+
+/// Wait until every up member reports no degraded group and no copy being filled; the
+/// bytes they copied.
+fn wait_settled(lab: &Lab, limit: Duration) -> u64 {
+    let t = Instant::now();
+    loop {
+        let o = lab.cli(&["member", "layout", "--json"]);
+        let view: serde_json::Value = if o.status.success() {
+            serde_json::from_slice(&o.stdout).unwrap()
+        } else {
+            serde_json::Value::Null
+        };
+        if view["degraded"] == 0 && view["filling"] == 0 && view["unavailable"] == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "the group did not settle within {limit:?}: {view}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let mut bytes = 0;
+    for m in lab.status_json()["members"].as_array().unwrap() {
+        let api = m["api"].as_str().unwrap();
+        let o = support::haven(&["member", "layout", "--json"], &[("HAVEN_API", api)]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            bytes += v["resync_bytes"].as_u64().unwrap_or(0);
+        }
+    }
+    bytes
+}
+
+fn pattern(round: u64, i: u64) -> u64 {
+    (round * 61 + i) % 250 + 1
+}
+
+/// qemu-io writes `count` MiB with a pattern per MiB (a flush every 8) while `victim` is
+/// killed after `kill_after` writes. Returns the longest pause between two completed
+/// writes.
+fn write_through_kill(
+    lab: &Lab,
+    round: u64,
+    count: u64,
+    victim: impl FnOnce() -> String,
+) -> Duration {
+    let mut args = vec!["-f".to_string(), "raw".into()];
+    for i in 0..count {
+        args.push("-c".into());
+        args.push(format!("write -P {} {} 1M", pattern(round, i), i * MIB));
+        args.push("-c".into());
+        args.push("sleep 40".into());
+        if i % 8 == 7 {
+            args.push("-c".into());
+            args.push("flush".into());
+        }
+    }
+    args.push(lab.iscsi_url("g"));
+    let mut child = Command::new("qemu-io")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io");
+    let out = child.stdout.take().unwrap();
+    let lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let reader = {
+        let lines = lines.clone();
+        thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push((Instant::now(), l));
+            }
+        })
+    };
+    let wrote = |lines: &Mutex<Vec<(Instant, String)>>| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.starts_with("wrote"))
+            .count() as u64
+    };
+    let t = Instant::now();
+    while wrote(&lines) < count / 4 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "qemu-io made no progress"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let name = victim();
+    let killed_at = Instant::now();
+    lab.ok(&["lab", "kill", &name, "--data", lab.dir_str()]);
+    eprintln!(
+        "round {round}: killed {name} after {} writes",
+        wrote(&lines)
+    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let lines = lines.lock().unwrap();
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        status.success(),
+        "qemu-io failed: {err}\n{}",
+        text.join("\n")
+    );
+    assert!(
+        !text
+            .iter()
+            .any(|l| l.contains("failed") || l.contains("error")),
+        "qemu-io saw an error: {}",
+        text.join("\n")
+    );
+    assert_eq!(
+        wrote(&Mutex::new(lines.clone())),
+        count,
+        "{}",
+        text.join("\n")
+    );
+    let stamps: Vec<Instant> = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("wrote"))
+        .map(|(t, _)| *t)
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let resumed = stamps
+        .iter()
+        .find(|t| **t > killed_at)
+        .map(|t| *t - killed_at);
+    eprintln!("round {round}: longest pause {gap:?}; first write after the kill {resumed:?}; qemu-io stderr: {}", err.trim());
+    gap
+}
+
+/// Every MiB holds its pattern, read through `portal`.
+fn verify(portal: &str, round: u64, count: u64) {
+    let mut args = vec!["-f".to_string(), "raw".into()];
+    for i in 0..count {
+        args.push("-c".into());
+        args.push(format!("read -P {} {} 1M", pattern(round, i), i * MIB));
+    }
+    args.push(format!("iscsi://{portal}/iqn.2026-11.org.haven:g/0"));
+    let o = Command::new("qemu-io").args(&args).output().unwrap();
+    let out = stdout(&o);
+    assert!(
+        o.status.success()
+            && !out.contains("failed")
+            && out.matches("read ").count() as u64 == count,
+        "reading back through {portal}: {}{}",
+        out,
+        stderr(&o)
+    );
+}
+
+#[test]
+fn member_loss_keeps_a_standard_initiator_writing() {
+    let lab = Lab::up_group(3);
+    lab.ok(&[
+        "volume",
+        "create",
+        "g",
+        "--size",
+        "256MiB",
+        "--replicas",
+        "2",
+    ]);
+    let count = 96;
+
+    // Round 1: the member holding the writer's session dies.
+    let gap = write_through_kill(&lab, 1, count, || {
+        session_member(&lab, "g").expect("the writer has a session")
+    });
+    assert!(gap < Duration::from_secs(10), "the writer stalled {gap:?}");
+    let down: Vec<_> = members(&lab);
+    let status = lab.status_json();
+    let dead: Vec<String> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] != "running")
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    for (name, portal) in &down {
+        if !dead.contains(name) {
+            verify(portal, 1, count);
+        }
+    }
+    verify(&lab.portal, 1, count);
+
+    // The survivors re-replicate what the dead member held; then it comes back and its
+    // copies are filled again.
+    let t = Instant::now();
+    let before = wait_settled(&lab, Duration::from_secs(60));
+    eprintln!(
+        "without {}: re-replicated in {:?}, {before} bytes copied",
+        dead[0],
+        t.elapsed()
+    );
+    lab.ok(&["lab", "start", &dead[0], "--data", lab.dir_str()]);
+    let t = Instant::now();
+    let after = wait_settled(&lab, Duration::from_secs(60));
+    eprintln!(
+        "{} back: layout settled in {:?}, {} bytes copied to fill its copies",
+        dead[0],
+        t.elapsed(),
+        after.saturating_sub(before)
+    );
+    for (_, portal) in members(&lab) {
+        verify(&portal, 1, count);
+    }
+
+    // Round 2: the member holding the group portal (the Raft leader) dies.
+    let gap = write_through_kill(&lab, 2, count, || leader(&lab));
+    assert!(gap < Duration::from_secs(10), "the writer stalled {gap:?}");
+    verify(&lab.portal, 2, count);
+    let status = lab.status_json();
+    for m in status["members"].as_array().unwrap() {
+        if m["state"] == "running" {
+            verify(m["portal"].as_str().unwrap(), 2, count);
+        }
+    }
+}
+
+/// A client of our own initiator that reconnects to any member portal after an error.
+struct Client {
+    id: u64,
+    portals: Vec<String>,
+    next: usize,
+    conn: Option<Initiator>,
+}
+
+impl Client {
+    fn conn(&mut self) -> &mut Initiator {
+        while self.conn.is_none() {
+            let portal = self.portals[self.next % self.portals.len()].clone();
+            self.next += 1;
+            if let Ok(mut i) = Initiator::connect(
+                &portal,
+                "iqn.2026-11.org.haven:lin",
+                &format!("iqn.2000-01.org.test:lin{}", self.id),
+            ) {
+                i.settle();
+                self.conn = Some(i);
+            } else {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.conn.as_mut().unwrap()
+    }
+}
+
+#[test]
+fn linearizable_across_member_kills() {
+    use linearize::Op;
+    let lab = Lab::up_group(3);
+    lab.ok(&[
+        "volume",
+        "create",
+        "lin",
+        "--size",
+        "64MiB",
+        "--replicas",
+        "2",
+    ]);
+    let portals: Vec<String> = members(&lab).into_iter().map(|(_, p)| p).collect();
+    let registers = 24u64;
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops: Arc<Mutex<Vec<Op>>> = Arc::default();
+    let now = move || start.elapsed().as_nanos() as u64;
+    let mut clients = Vec::new();
+    for id in 0..4u64 {
+        let (stop, ops, portals) = (stop.clone(), ops.clone(), portals.clone());
+        clients.push(thread::spawn(move || {
+            let mut c = Client {
+                id,
+                next: id as usize,
+                portals,
+                conn: None,
+            };
+            let mut seq = 0u64;
+            let mut rng = id * 7919 + 1;
+            while !stop.load(Ordering::Relaxed) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let block = rng % registers;
+                // Registers 1 MiB apart: several chunks, several placement groups.
+                let lba = block * (MIB / 512);
+                // High bits choose the op: the low ones chose the block.
+                if (rng >> 40) % 2 == 0 {
+                    seq += 1;
+                    let value = (id + 1) << 32 | seq;
+                    let mut data = vec![0u8; 512];
+                    data[..8].copy_from_slice(&value.to_be_bytes());
+                    let invoke = now();
+                    let r = c.conn().write(lba, &data, false);
+                    let done = now();
+                    let op = match r {
+                        Ok(()) => Op::write(id, block, value, invoke, done),
+                        Err(_) => {
+                            c.conn = None;
+                            Op::write_indeterminate(id, block, value, invoke)
+                        }
+                    };
+                    ops.lock().unwrap().push(op);
+                } else {
+                    let invoke = now();
+                    let r = c.conn().read(lba, 1);
+                    let done = now();
+                    match r {
+                        Ok(d) => {
+                            let v = u64::from_be_bytes(d[..8].try_into().unwrap());
+                            ops.lock()
+                                .unwrap()
+                                .push(Op::read(id, block, v, invoke, done));
+                        }
+                        Err(_) => c.conn = None,
+                    }
+                }
+            }
+        }));
+    }
+    let names: Vec<String> = members(&lab).into_iter().map(|(n, _)| n).collect();
+    let cycles: usize = std::env::var("HAVEN_LIN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for cycle in 0..cycles {
+        thread::sleep(Duration::from_secs(2));
+        let victim = &names[(cycle + 1) % names.len()];
+        lab.ok(&["lab", "kill", victim, "--data", lab.dir_str()]);
+        eprintln!("cycle {cycle}: killed {victim} at {:?}", start.elapsed());
+        thread::sleep(Duration::from_secs(4));
+        lab.ok(&["lab", "start", victim, "--data", lab.dir_str()]);
+        wait_settled(&lab, Duration::from_secs(60));
+    }
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let ops = ops.lock().unwrap();
+    if let Ok(path) = std::env::var("HAVEN_LIN_DUMP") {
+        let text: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
+        std::fs::write(path, text.join("\n")).unwrap();
+    }
+    match linearize::check(&ops, 0) {
+        Ok(report) => eprintln!("linearizable: {report:?}"),
+        Err(anomaly) => panic!("{anomaly}"),
+    }
+    assert!(ops.len() > 200, "too few operations: {}", ops.len());
+}
