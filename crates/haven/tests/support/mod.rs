@@ -48,6 +48,8 @@ pub struct Lab {
     pub portal: String,
     pub hosts: usize,
     pub members: usize,
+    /// `--member-capacity` for members the lab adds.
+    pub member_capacity: Option<String>,
 }
 
 impl Lab {
@@ -65,7 +67,16 @@ impl Lab {
         Lab::up_sized(members, 0)
     }
 
+    /// A lab of `members` members offering `capacity` each.
+    pub fn up_group_sized(members: usize, capacity: &str) -> Lab {
+        Lab::up_with(members, 0, Some(capacity.to_string()))
+    }
+
     fn up_sized(members: usize, hosts: usize) -> Lab {
+        Lab::up_with(members, hosts, None)
+    }
+
+    fn up_with(members: usize, hosts: usize, member_capacity: Option<String>) -> Lab {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         // A loopback address of its own keeps the test clear of a developer's lab.
@@ -81,6 +92,7 @@ impl Lab {
             portal,
             hosts,
             members,
+            member_capacity,
         };
         lab.up_again();
         lab
@@ -89,22 +101,23 @@ impl Lab {
     pub fn up_again(&self) {
         let hosts = self.hosts.to_string();
         let members = self.members.to_string();
-        let o = haven(
-            &[
-                "lab",
-                "up",
-                "--detach",
-                "--data",
-                self.dir_str(),
-                "--portal",
-                &self.portal,
-                "--hosts",
-                &hosts,
-                "--members",
-                &members,
-            ],
-            &[],
-        );
+        let mut args = vec![
+            "lab",
+            "up",
+            "--detach",
+            "--data",
+            self.dir_str(),
+            "--portal",
+            &self.portal,
+            "--hosts",
+            &hosts,
+            "--members",
+            &members,
+        ];
+        if let Some(c) = &self.member_capacity {
+            args.extend(["--member-capacity", c]);
+        }
+        let o = haven(&args, &[]);
         assert!(
             o.status.success(),
             "lab up failed: {}{}",

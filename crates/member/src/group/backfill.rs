@@ -31,8 +31,10 @@ pub fn scan(group: &Arc<Group>) {
                 }
                 let (g, pg_epoch) = (group.clone(), table.pg_epoch(pg));
                 tokio::spawn(async move {
+                    let slot = g.fill_slots.clone().acquire_owned().await;
                     let missed = g.missed_writes(pg, target);
                     let done = fill(&g, replicas, pg, target, pg_epoch).await;
+                    drop(slot);
                     match done {
                         Ok(bytes) => {
                             declare(&g, replicas, pg, target, pg_epoch, missed, bytes).await
@@ -218,4 +220,53 @@ fn runs(
         lba += blocks;
     }
     Ok(out)
+}
+
+/// Unmap this member's chunks of the released copies, chunk by chunk, each only while the
+/// member still holds no copy of its group (a fill may make it a copy again meanwhile).
+pub async fn discard(g: Arc<Group>, released: Vec<(u8, u32)>) {
+    let mut freed = 0u64;
+    for (replicas, pg) in released {
+        let volumes: Vec<_> = g
+            .state()
+            .volumes
+            .values()
+            .filter(|v| v.replicas == replicas)
+            .cloned()
+            .collect();
+        for v in volumes {
+            let chunks = v.size.div_ceil(CHUNK_BYTES);
+            let Some(first) = (0..u64::from(PG_COUNT))
+                .find(|c| g.striping.pg_of(v.placement_key(), c * CHUNK_BYTES) == pg)
+            else {
+                continue;
+            };
+            let mut chunk = first;
+            while chunk < chunks {
+                let start = chunk * CHUNK_BYTES;
+                let end = (start + CHUNK_BYTES).min(v.size);
+                let _lock = g.replica_lock_of(v.id, start).write().await;
+                let holds = g
+                    .state()
+                    .table(replicas)
+                    .is_none_or(|t| t.copies(pg).contains(&g.node));
+                if holds {
+                    break;
+                }
+                let Ok(local) = g.local(v.id) else {
+                    break;
+                };
+                let done = super::blocking(move || {
+                    let bs = u64::from(local.block_size());
+                    local.unmap(start / bs, (end - start) / bs)
+                })
+                .await;
+                if done.is_ok() {
+                    freed += end - start;
+                }
+                chunk += u64::from(PG_COUNT);
+            }
+        }
+    }
+    tracing::info!(bytes = freed, "released copies discarded");
 }

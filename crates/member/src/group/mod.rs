@@ -43,6 +43,9 @@ use tokio::sync::watch;
 /// Chunk lock stripes: writes and reads of one chunk at its primary share one.
 const LOCK_STRIPES: usize = 4096;
 
+/// Placement groups one member fills at once.
+const FILLS_AT_ONCE: usize = 2;
+
 /// How long a front-end keeps retrying an I/O whose placement group has no reachable
 /// primary before it reports an error to the initiator.
 const IO_DEADLINE: Duration = Duration::from_secs(60);
@@ -109,6 +112,10 @@ pub struct Group {
     engine: peer::Config,
     peers: Mutex<HashMap<u64, PeerClient>>,
     locks: Vec<tokio::sync::RwLock<()>>,
+    /// The replica side's own chunk locks (replica writes shared, discards exclusive):
+    /// apart from `locks`, so a primary waiting on a replica while holding a chunk lock
+    /// can never wait on a lock its replica holds the same way.
+    replica_locks: Vec<tokio::sync::RwLock<()>>,
     /// When each peer last answered a ping.
     last_ok: Mutex<HashMap<u64, Instant>>,
     /// Backfills running: (replica class, placement group, target node).
@@ -124,6 +131,12 @@ pub struct Group {
     pub resync_bytes: AtomicU64,
     /// Sessions on each other member, polled for login redirection.
     pub loads: Mutex<HashMap<u64, usize>>,
+    /// The (replica class, placement group) copies this member held at the last state;
+    /// `None` before the first, so a member that starts discards whatever it no longer
+    /// holds.
+    held: Mutex<Option<HashSet<(u8, u32)>>>,
+    /// Fills this member runs at once, so a rebalance does not starve initiators.
+    pub(crate) fill_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Group {
@@ -145,6 +158,9 @@ impl Group {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
+            replica_locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
             last_ok: Mutex::new(HashMap::new()),
             backfills: Mutex::new(HashSet::new()),
             gates: (0..PG_COUNT)
@@ -153,6 +169,8 @@ impl Group {
             missed: Mutex::new(HashMap::new()),
             resync_bytes: AtomicU64::new(0),
             loads: Mutex::new(HashMap::new()),
+            held: Mutex::new(None),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(FILLS_AT_ONCE)),
         })
     }
 
@@ -190,6 +208,41 @@ impl Group {
             changed
         });
         backfill::scan(self);
+        self.discard_released();
+    }
+
+    /// Free the chunks of copies this member no longer holds (the group moved them and
+    /// the new copies are complete).
+    fn discard_released(self: &Arc<Self>) {
+        let state = self.state();
+        let now: HashSet<(u8, u32)> = state
+            .layout
+            .tables
+            .iter()
+            .flat_map(|(&r, t)| {
+                (0..t.map.pg_count)
+                    .filter(|&pg| t.copies(pg).contains(&self.node))
+                    .map(move |pg| (r, pg))
+            })
+            .collect();
+        let released: Vec<(u8, u32)> = {
+            let mut held = self.held.lock().unwrap();
+            let released = match held.as_ref() {
+                Some(old) => old.difference(&now).copied().collect(),
+                None => state
+                    .layout
+                    .tables
+                    .iter()
+                    .flat_map(|(&r, t)| (0..t.map.pg_count).map(move |pg| (r, pg)))
+                    .filter(|k| !now.contains(k))
+                    .collect(),
+            };
+            *held = Some(now);
+            released
+        };
+        if !released.is_empty() {
+            tokio::spawn(backfill::discard(self.clone(), released));
+        }
     }
 
     /// Start pinging peers, the leader's failure detector and periodic backfill scans.
@@ -209,12 +262,20 @@ impl Group {
     }
 
     fn lock_of(&self, volume: u64, offset: u64) -> &tokio::sync::RwLock<()> {
+        &self.locks[Self::stripe(volume, offset)]
+    }
+
+    fn replica_lock_of(&self, volume: u64, offset: u64) -> &tokio::sync::RwLock<()> {
+        &self.replica_locks[Self::stripe(volume, offset)]
+    }
+
+    fn stripe(volume: u64, offset: u64) -> usize {
         let chunk = offset / CHUNK_BYTES;
         // Any spread will do: chunks of one volume are consecutive numbers.
         let h = (volume.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ chunk)
             .wrapping_mul(0xBF58_476D_1CE4_E5B9)
             >> 20;
-        &self.locks[(h % LOCK_STRIPES as u64) as usize]
+        (h % LOCK_STRIPES as u64) as usize
     }
 
     fn local(&self, volume: u64) -> Result<Arc<store::Volume>, Fail> {

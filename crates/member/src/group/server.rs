@@ -15,18 +15,25 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         Message::Flush(f) | Message::ReplicaFlush(f) => {
             group.local_flush(f.volume).await.map(|()| Message::Ok)
         }
-        Message::ReplicaWrite(op) => match copy_of(&group, op.volume, op.pg) {
-            Ok(vol) => blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
-                .await
-                .map(|()| Message::Ok),
-            Err(f) => Err(f),
-        },
-        Message::ReplicaUnmap(r) => match copy_of(&group, r.volume, r.pg) {
-            Ok(vol) => blocking(move || unmap_local(&vol, r.offset, r.len))
-                .await
-                .map(|()| Message::Ok),
-            Err(f) => Err(f),
-        },
+        // Shared chunk lock: a discard of a released copy (exclusive) never interleaves.
+        Message::ReplicaWrite(op) => {
+            let _chunk = group.replica_lock_of(op.volume, op.offset).read().await;
+            match copy_of(&group, op.volume, op.pg) {
+                Ok(vol) => blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
+                    .await
+                    .map(|()| Message::Ok),
+                Err(f) => Err(f),
+            }
+        }
+        Message::ReplicaUnmap(r) => {
+            let _chunk = group.replica_lock_of(r.volume, r.offset).read().await;
+            match copy_of(&group, r.volume, r.pg) {
+                Ok(vol) => blocking(move || unmap_local(&vol, r.offset, r.len))
+                    .await
+                    .map(|()| Message::Ok),
+                Err(f) => Err(f),
+            }
+        }
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
         other => Err(Fail::Refused(format!(
             "request kind {:#04x} is not served",
