@@ -317,6 +317,21 @@ pub fn valid_name(name: &str) -> bool {
 impl ClusterState {
     /// Apply one committed command.
     pub fn apply(&mut self, cmd: Command) -> Outcome {
+        if matches!(
+            cmd,
+            Command::CreateSnapshot { .. }
+                | Command::CloneVolume { .. }
+                | Command::RestoreVolume { .. }
+        ) && self.members.len() > 1
+        {
+            // Each member snapshots its own copies; a snapshot target would read only the
+            // copies of the member serving it. Refused until snapshots are taken and read
+            // across the group.
+            return refuse(
+                RefusalKind::Invalid,
+                "snapshots, clones and restores are not yet supported in a group of several members",
+            );
+        }
         match cmd {
             Command::Compute { cmd } => self.apply_compute(cmd),
             Command::RegisterMember(m) => {

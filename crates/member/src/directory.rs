@@ -24,6 +24,11 @@ pub struct PortalDirectory {
     pub registry: Arc<Registry>,
     pub state: watch::Receiver<Arc<ClusterState>>,
     pub tpgt: u16,
+    /// Group portal: the member each volume's logins were last sent to. A volume's sessions
+    /// stay on one member while it is up, so its reservations and unit attentions (kept
+    /// per member portal for now) are one logical unit's for initiators of the group
+    /// portal; volumes, not sessions, are what is balanced.
+    pub affinity: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 fn allowed(v: &Volume, initiator: &str) -> bool {
@@ -42,8 +47,23 @@ fn secrets(v: &Volume) -> Option<ChapSecrets> {
 }
 
 impl PortalDirectory {
-    /// The member portal a new session should use: the one with the fewest sessions.
-    fn least_loaded_member(&self, state: &ClusterState) -> Option<String> {
+    /// The member portal a new session to `target` should use: the member its earlier
+    /// sessions went to while that member is up, else the one with the fewest sessions.
+    fn member_for(&self, state: &ClusterState, target: &str) -> Option<String> {
+        let mut affinity = self.affinity.lock().unwrap();
+        if let Some(m) = affinity
+            .get(target)
+            .and_then(|id| state.members.values().find(|m| m.node_id == *id && !m.down))
+        {
+            return Some(format!("{},{}", m.portal, m.node_id));
+        }
+        let (address, node) = self.least_loaded_member(state)?;
+        affinity.insert(target.to_string(), node);
+        Some(address)
+    }
+
+    /// The member portal with the fewest sessions, and its node id.
+    fn least_loaded_member(&self, state: &ClusterState) -> Option<(String, u64)> {
         // Other members' loads are polled by the group's liveness loop (about every second);
         // a member marked down is never chosen.
         let loads = self.registry.peer_loads();
@@ -59,7 +79,7 @@ impl PortalDirectory {
                 };
                 (load, m.node_id)
             })
-            .map(|m| format!("{},{}", m.portal, m.node_id))
+            .map(|m| (format!("{},{}", m.portal, m.node_id), m.node_id))
     }
 }
 
@@ -92,7 +112,7 @@ impl Directory for PortalDirectory {
                 }
                 Lookup::Serve { auth: secrets(v) }
             }
-            PortalKind::Group { .. } => match self.least_loaded_member(&state) {
+            PortalKind::Group { .. } => match self.member_for(&state, target) {
                 Some(address) => Lookup::Redirect { address },
                 None => Lookup::NotFound,
             },

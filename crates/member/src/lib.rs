@@ -213,6 +213,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         registry: registry.clone(),
         state: control.subscribe(),
         tpgt,
+        affinity: Default::default(),
     });
     tokio::spawn(portal::serve(portal_listener, member_dir));
 
@@ -276,6 +277,7 @@ async fn group_portal(address: String, control: ControlPlane, registry: Arc<Regi
                         registry: registry.clone(),
                         state: control.subscribe(),
                         tpgt: 1,
+                        affinity: Default::default(),
                     });
                     serving = Some(tokio::spawn(portal::serve(l, dir)));
                 }

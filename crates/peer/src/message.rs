@@ -149,6 +149,9 @@ pub enum Message {
     Ping {
         nonce: u64,
     },
+    /// Provisioning of a placement group's bytes from `offset` (at most `len`), asked of
+    /// its primary (GET LBA STATUS through another member).
+    Status(Region),
 
     HelloAck(HelloAck),
     Ok,
@@ -157,6 +160,12 @@ pub enum Message {
     DirtyRegions(Vec<Region>),
     Pong {
         nonce: u64,
+    },
+    /// The answer to [`Message::Status`]: the first `len` bytes asked about are all mapped,
+    /// or all deallocated.
+    Provisioning {
+        mapped: bool,
+        len: u64,
     },
 }
 
@@ -172,6 +181,7 @@ pub mod kind {
     pub const REPLICA_UNMAP: u8 = 0x22;
     pub const DIRTY_QUERY: u8 = 0x30;
     pub const PING: u8 = 0x40;
+    pub const STATUS: u8 = 0x14;
 
     pub const HELLO_ACK: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -179,6 +189,7 @@ pub mod kind {
     pub const ERROR: u8 = 0x84;
     pub const DIRTY_REGIONS: u8 = 0x85;
     pub const PONG: u8 = 0x86;
+    pub const PROVISIONING: u8 = 0x87;
 
     /// Responses have the top bit set.
     pub const RESPONSE_BIT: u8 = 0x80;
@@ -196,12 +207,14 @@ pub mod kind {
                 | REPLICA_UNMAP
                 | DIRTY_QUERY
                 | PING
+                | STATUS
                 | HELLO_ACK
                 | OK
                 | DATA
                 | ERROR
                 | DIRTY_REGIONS
                 | PONG
+                | PROVISIONING
         )
     }
 }
@@ -232,6 +245,8 @@ impl Message {
             Message::ReplicaUnmap(_) => kind::REPLICA_UNMAP,
             Message::DirtyQuery { .. } => kind::DIRTY_QUERY,
             Message::Ping { .. } => kind::PING,
+            Message::Status(_) => kind::STATUS,
+            Message::Provisioning { .. } => kind::PROVISIONING,
             Message::HelloAck(_) => kind::HELLO_ACK,
             Message::Ok => kind::OK,
             Message::Data(_) => kind::DATA,
@@ -257,6 +272,7 @@ impl Message {
                 | Message::ReplicaFlush(_)
                 | Message::ReplicaUnmap(_)
                 | Message::DirtyQuery { .. }
+                | Message::Status(_)
         )
     }
 
@@ -268,7 +284,8 @@ impl Message {
             Message::Write(w) | Message::ReplicaWrite(w) => WRITE_FIXED + w.data.len(),
             Message::Read(_) => 8 + 4 + 8 + 4,
             Message::Flush(_) | Message::ReplicaFlush(_) => 8,
-            Message::Unmap(_) | Message::ReplicaUnmap(_) => REGION_LEN,
+            Message::Unmap(_) | Message::ReplicaUnmap(_) | Message::Status(_) => REGION_LEN,
+            Message::Provisioning { .. } => 1 + 8,
             Message::DirtyQuery { pgs } => 4 + 4 * pgs.len(),
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::Ok => 0,
@@ -315,7 +332,11 @@ impl Message {
                 dst.put_u32(r.len);
             }
             Message::Flush(f) | Message::ReplicaFlush(f) => dst.put_u64(f.volume),
-            Message::Unmap(r) | Message::ReplicaUnmap(r) => put_region(dst, r),
+            Message::Unmap(r) | Message::ReplicaUnmap(r) | Message::Status(r) => put_region(dst, r),
+            Message::Provisioning { mapped, len } => {
+                dst.put_u8(u8::from(*mapped));
+                dst.put_u64(*len);
+            }
             Message::DirtyQuery { pgs } => {
                 dst.put_u32(pgs.len() as u32);
                 for pg in pgs {
@@ -393,6 +414,18 @@ impl Message {
             kind::REPLICA_FLUSH => Message::ReplicaFlush(FlushOp { volume: r.u64()? }),
             kind::UNMAP => Message::Unmap(r.region()?),
             kind::REPLICA_UNMAP => Message::ReplicaUnmap(r.region()?),
+            kind::STATUS => Message::Status(r.region()?),
+            kind::PROVISIONING => {
+                let mapped = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    flags => return Err(PayloadError::UnknownFlags { flags }),
+                };
+                Message::Provisioning {
+                    mapped,
+                    len: r.u64()?,
+                }
+            }
             kind::DIRTY_QUERY => {
                 let count = r.count(4)?;
                 let mut pgs = Vec::with_capacity(count);

@@ -93,6 +93,9 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|volume| Message::ReplicaFlush(FlushOp { volume })),
         region().prop_map(Message::Unmap),
         region().prop_map(Message::ReplicaUnmap),
+        region().prop_map(Message::Status),
+        (any::<bool>(), any::<u64>())
+            .prop_map(|(mapped, len)| Message::Provisioning { mapped, len }),
         proptest::collection::vec(any::<u32>(), 0..20).prop_map(|pgs| Message::DirtyQuery { pgs }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),

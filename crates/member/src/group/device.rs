@@ -89,29 +89,23 @@ impl BlockDevice for GroupDevice {
         self.block(g.unmap(self.volume, self.bytes(lba), blocks * bs))
     }
     fn lba_status(&self, lba: u64) -> Result<LbaStatus, DeviceError> {
-        let local = self.local.lba_status(lba)?;
         if self.group.is_alone() {
-            return Ok(local);
+            return self.local.lba_status(lba);
         }
-        // Provisioning is known for the chunks this member holds a complete copy of; the
-        // rest is reported mapped (always a safe answer), a chunk at a time.
+        // The chunk's primary knows its provisioning; one chunk per answer.
         let bs = u64::from(self.local.block_size());
+        if lba >= self.local.num_blocks() {
+            return Err(DeviceError::OutOfRange { lba, blocks: 1 });
+        }
         let chunk_end = ((lba * bs) / CHUNK_BYTES + 1) * CHUNK_BYTES / bs;
         let end = chunk_end.min(self.local.num_blocks());
-        let blocks = end.saturating_sub(lba).max(1);
-        if self.group.holds_in_sync(self.volume, lba * bs) {
-            Ok(LbaStatus {
-                lba,
-                blocks: local.blocks.min(blocks),
-                mapped: local.mapped,
-            })
-        } else {
-            Ok(LbaStatus {
-                lba,
-                blocks,
-                mapped: true,
-            })
-        }
+        let g = self.group.clone();
+        let (mapped, len) = self.block(g.status(self.volume, lba * bs, (end - lba) * bs))?;
+        Ok(LbaStatus {
+            lba,
+            blocks: (len / bs).clamp(1, end - lba),
+            mapped,
+        })
     }
     fn congested(&self) -> bool {
         self.local.congested()

@@ -655,6 +655,61 @@ impl Group {
         .await
     }
 
+    /// Provisioning at byte `r.offset` of the primary's copy: (mapped, bytes alike, at
+    /// most `r.len`).
+    pub(crate) async fn primary_status(
+        self: &Arc<Self>,
+        r: peer::Region,
+        epoch: u64,
+    ) -> Result<(bool, u64), Fail> {
+        let _chunk = self.lock_of(r.volume, r.offset).read().await;
+        self.as_primary(r.volume, r.pg, epoch)?;
+        let vol = self.local(r.volume)?;
+        blocking(move || {
+            let bs = vol.block_size() as u64;
+            let s = vol.lba_status(r.offset / bs)?;
+            Ok((s.mapped, (s.blocks * bs).min(r.len)))
+        })
+        .await
+    }
+
+    /// Provisioning of `volume` at byte `offset`, up to the end of its chunk, from the
+    /// chunk's primary.
+    pub async fn status(
+        self: &Arc<Self>,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(bool, u64), DeviceError> {
+        let Some((key, _)) = self.volume_info(volume) else {
+            return Err(gone(volume));
+        };
+        let pg = self.striping.pg_of(key, offset);
+        let deadline = Instant::now() + IO_DEADLINE;
+        loop {
+            let seen = self.epoch();
+            let region = peer::Region {
+                volume,
+                pg,
+                offset,
+                len,
+            };
+            let attempt = match self.primary_of(volume, pg) {
+                Some(p) if p == self.node => self.primary_status(region, seen).await,
+                Some(p) => match self.call(p, seen, Message::Status(region)).await {
+                    Ok(Message::Provisioning { mapped, len }) => Ok((mapped, len)),
+                    Ok(other) => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
+                    Err(f) => Err(f),
+                },
+                None => Err(Fail::Unreachable("no in-sync copy".into())),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                Err(fail) => self.backoff(fail, seen, deadline).await?,
+            }
+        }
+    }
+
     pub(crate) async fn local_flush(&self, volume: u64) -> Result<(), Fail> {
         let vol = self.local(volume)?;
         blocking(move || vol.flush()).await
@@ -677,18 +732,6 @@ impl Group {
 
     fn gate(&self, pg: u32) -> &tokio::sync::RwLock<()> {
         &self.gates[pg as usize % self.gates.len()]
-    }
-
-    /// Whether this member holds a complete copy of the chunk at byte `offset` of `volume`.
-    pub fn holds_in_sync(&self, volume: u64, offset: u64) -> bool {
-        let state = self.state();
-        let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
-            return false;
-        };
-        let pg = self.striping.pg_of(v.placement_key(), offset);
-        state
-            .table(v.replicas)
-            .is_some_and(|t| t.is_in_sync(pg, self.node))
     }
 
     /// Peers that answered a ping within `within`.

@@ -34,6 +34,10 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
                 Err(f) => Err(f),
             }
         }
+        Message::Status(r) => group
+            .primary_status(r, epoch)
+            .await
+            .map(|(mapped, len)| Message::Provisioning { mapped, len }),
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
         other => Err(Fail::Refused(format!(
             "request kind {:#04x} is not served",
