@@ -765,15 +765,50 @@ fn unmap_local(v: &store::Volume, offset: u64, len: u64) -> Result<(), DeviceErr
     v.unmap(offset / bs, len / bs)
 }
 
-/// Run store I/O on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, DeviceError> + Send + 'static,
-) -> Result<T, Fail> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Fail::Device(e)),
-        Err(e) => Err(Fail::Device(DeviceError::Io(std::io::Error::other(
-            e.to_string(),
-        )))),
+/// Threads that run the group path's store I/O.
+const IO_THREADS: usize = 16;
+
+type IoJob = Box<dyn FnOnce() + Send>;
+
+/// The group path's own threads for store I/O. Not tokio's blocking pool: SCSI commands
+/// wait there (in `GroupDevice`) for group operations, and a primary's store I/O queued
+/// behind them would never run once they fill it (64 COMPARE AND WRITEs to one block did).
+fn io_pool() -> &'static std::sync::mpsc::Sender<IoJob> {
+    static POOL: std::sync::OnceLock<std::sync::mpsc::Sender<IoJob>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        // Unbounded: what waits here is bounded by the peers' in-flight limits and the
+        // initiators' queue depths.
+        let (tx, rx) = std::sync::mpsc::channel::<IoJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..IO_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("group-io-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .expect("spawning a group I/O thread");
+        }
+        tx
+    })
+}
+
+/// Run store I/O on the group's I/O threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DeviceError> + Send + 'static) -> Result<T, Fail> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: IoJob = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    if io_pool().send(job).is_err() {
+        return Err(Fail::Device(DeviceError::Io(std::io::Error::other("group i/o threads are gone"))));
+    }
+    match rx.await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(Fail::Device(e)),
+        _ => Err(Fail::Device(DeviceError::Io(std::io::Error::other("store i/o panicked")))),
     }
 }
