@@ -92,19 +92,35 @@ impl BlockDevice for GroupDevice {
         if self.group.is_alone() {
             return self.local.lba_status(lba);
         }
-        // The chunk's primary knows its provisioning; one chunk per answer.
+        // Each chunk's primary knows its provisioning. A run continues into the next chunks
+        // while they are alike (up to MAX_RUN_CHUNKS per answer): an initiator asking after
+        // an UNMAP of everything sees one run, as from a single member.
+        const MAX_RUN_CHUNKS: u64 = 256;
         let bs = u64::from(self.local.block_size());
-        if lba >= self.local.num_blocks() {
+        let total = self.local.num_blocks();
+        if lba >= total {
             return Err(DeviceError::OutOfRange { lba, blocks: 1 });
         }
-        let chunk_end = ((lba * bs) / CHUNK_BYTES + 1) * CHUNK_BYTES / bs;
-        let end = chunk_end.min(self.local.num_blocks());
-        let g = self.group.clone();
-        let (mapped, len) = self.block(g.status(self.volume, lba * bs, (end - lba) * bs))?;
+        let chunk_blocks = CHUNK_BYTES / bs;
+        let mut at = lba;
+        let mut state: Option<bool> = None;
+        for _ in 0..MAX_RUN_CHUNKS {
+            let end = ((at / chunk_blocks + 1) * chunk_blocks).min(total);
+            let g = self.group.clone();
+            let (mapped, len) = self.block(g.status(self.volume, at * bs, (end - at) * bs))?;
+            if state.is_some_and(|s| s != mapped) {
+                break;
+            }
+            state = Some(mapped);
+            at += (len / bs).clamp(1, end - at);
+            if at < end || at >= total {
+                break;
+            }
+        }
         Ok(LbaStatus {
             lba,
-            blocks: (len / bs).clamp(1, end - lba),
-            mapped,
+            blocks: at - lba,
+            mapped: state.unwrap_or(true),
         })
     }
     fn congested(&self) -> bool {

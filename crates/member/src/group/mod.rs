@@ -798,17 +798,23 @@ fn io_pool() -> &'static std::sync::mpsc::Sender<IoJob> {
 }
 
 /// Run store I/O on the group's I/O threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DeviceError> + Send + 'static) -> Result<T, Fail> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DeviceError> + Send + 'static,
+) -> Result<T, Fail> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: IoJob = Box::new(move || {
         let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     });
     if io_pool().send(job).is_err() {
-        return Err(Fail::Device(DeviceError::Io(std::io::Error::other("group i/o threads are gone"))));
+        return Err(Fail::Device(DeviceError::Io(std::io::Error::other(
+            "group i/o threads are gone",
+        ))));
     }
     match rx.await {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(e))) => Err(Fail::Device(e)),
-        _ => Err(Fail::Device(DeviceError::Io(std::io::Error::other("store i/o panicked")))),
+        _ => Err(Fail::Device(DeviceError::Io(std::io::Error::other(
+            "store i/o panicked",
+        )))),
     }
 }
