@@ -155,9 +155,13 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
             let state = state_rx.borrow_and_update().clone();
             let r = reg.clone();
             let applied = state.clone();
-            let follow_up = tokio::task::spawn_blocking(move || r.reconcile(&applied))
-                .await
-                .unwrap_or_default();
+            // A thread of its own, not tokio's blocking pool: SCSI commands waiting there for
+            // the group's next epoch must not keep the state that brings it from applying.
+            let (done, follow_up) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(r.reconcile(&applied));
+            });
+            let follow_up = follow_up.await.unwrap_or_default();
             // Volumes exist locally before peers may address them at this epoch.
             follow_group.observe(state);
             for cmd in follow_up {

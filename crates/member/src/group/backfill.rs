@@ -105,23 +105,10 @@ async fn fill(
     target: u64,
     pg_epoch: u64,
 ) -> Result<u64, Fail> {
-    let volumes: Vec<_> = g
-        .state()
-        .volumes
-        .values()
-        .filter(|v| v.replicas == replicas)
-        .cloned()
-        .collect();
     let mut sent = 0;
-    for v in volumes {
-        let chunks = v.size.div_ceil(CHUNK_BYTES);
-        let first = (0..u64::from(PG_COUNT))
-            .find(|c| g.striping.pg_of(v.placement_key(), c * CHUNK_BYTES) == pg)
-            .unwrap_or(0);
-        let mut chunk = first;
-        while chunk < chunks {
+    for (v, chunks) in chunks_of(g, replicas, pg) {
+        for chunk in chunks {
             sent += fill_chunk(g, &v, replicas, pg, target, pg_epoch, chunk).await?;
-            chunk += u64::from(PG_COUNT);
         }
     }
     Ok(sent)
@@ -227,22 +214,8 @@ fn runs(
 pub async fn discard(g: Arc<Group>, released: Vec<(u8, u32)>) {
     let mut freed = 0u64;
     for (replicas, pg) in released {
-        let volumes: Vec<_> = g
-            .state()
-            .volumes
-            .values()
-            .filter(|v| v.replicas == replicas)
-            .cloned()
-            .collect();
-        for v in volumes {
-            let chunks = v.size.div_ceil(CHUNK_BYTES);
-            let Some(first) = (0..u64::from(PG_COUNT))
-                .find(|c| g.striping.pg_of(v.placement_key(), c * CHUNK_BYTES) == pg)
-            else {
-                continue;
-            };
-            let mut chunk = first;
-            while chunk < chunks {
+        'volume: for (v, chunks) in chunks_of(&g, replicas, pg) {
+            for chunk in chunks {
                 let start = chunk * CHUNK_BYTES;
                 let end = (start + CHUNK_BYTES).min(v.size);
                 let _lock = g.replica_lock_of(v.id, start).write().await;
@@ -251,10 +224,10 @@ pub async fn discard(g: Arc<Group>, released: Vec<(u8, u32)>) {
                     .table(replicas)
                     .is_none_or(|t| t.copies(pg).contains(&g.node));
                 if holds {
-                    break;
+                    break 'volume;
                 }
                 let Ok(local) = g.local(v.id) else {
-                    break;
+                    continue 'volume;
                 };
                 let done = super::blocking(move || {
                     let bs = u64::from(local.block_size());
@@ -264,9 +237,24 @@ pub async fn discard(g: Arc<Group>, released: Vec<(u8, u32)>) {
                 if done.is_ok() {
                     freed += end - start;
                 }
-                chunk += u64::from(PG_COUNT);
             }
         }
     }
     tracing::info!(bytes = freed, "released copies discarded");
+}
+
+/// The volumes of a replica class and, for each, its chunks that belong to `pg`.
+fn chunks_of(g: &Group, replicas: u8, pg: u32) -> Vec<(control::Volume, Vec<u64>)> {
+    g.state()
+        .volumes
+        .values()
+        .filter(|v| v.replicas == replicas)
+        .filter_map(|v| {
+            let chunks = v.size.div_ceil(CHUNK_BYTES);
+            let first = (0..u64::from(PG_COUNT))
+                .find(|c| g.striping.pg_of(v.placement_key(), c * CHUNK_BYTES) == pg)?;
+            let mine = (first..chunks).step_by(PG_COUNT as usize).collect();
+            Some((v.clone(), mine))
+        })
+        .collect()
 }

@@ -375,9 +375,7 @@ impl Group {
         for span in self.spans(key, offset, data.len() as u64) {
             let at = (span.offset - offset) as usize;
             let piece = data.slice(at..at + span.len as usize);
-            let deadline = Instant::now() + IO_DEADLINE;
-            loop {
-                let seen = self.epoch();
+            self.at_primary(volume, span.pg, |g, primary, seen| {
                 let op = peer::WriteOp {
                     volume,
                     pg: span.pg,
@@ -385,16 +383,15 @@ impl Group {
                     fua,
                     data: piece.clone(),
                 };
-                let attempt = match self.primary_of(volume, span.pg) {
-                    Some(p) if p == self.node => self.primary_write(op, seen).await,
-                    Some(p) => self.call(p, seen, Message::Write(op)).await.map(|_| ()),
-                    None => Err(Fail::Unreachable("no in-sync copy".into())),
-                };
-                match attempt {
-                    Ok(()) => break,
-                    Err(fail) => self.backoff(fail, seen, deadline).await?,
+                async move {
+                    if primary == g.node {
+                        g.primary_write(op, seen).await
+                    } else {
+                        g.call(primary, seen, Message::Write(op)).await.map(|_| ())
+                    }
                 }
-            }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -412,32 +409,26 @@ impl Group {
         for span in self.spans(key, offset, out.len() as u64) {
             let at = (span.offset - offset) as usize;
             let dst = &mut out[at..at + span.len as usize];
-            let deadline = Instant::now() + IO_DEADLINE;
-            loop {
-                let seen = self.epoch();
-                let op = peer::ReadOp {
-                    volume,
-                    pg: span.pg,
-                    offset: span.offset,
-                    len: span.len as u32,
-                };
-                let attempt = match self.primary_of(volume, span.pg) {
-                    Some(p) if p == self.node => self.primary_read(op, seen).await,
-                    Some(p) => match self.call(p, seen, Message::Read(op)).await {
-                        Ok(Message::Data(d)) if d.len() == dst.len() => Ok(d),
-                        Ok(other) => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
-                        Err(f) => Err(f),
-                    },
-                    None => Err(Fail::Unreachable("no in-sync copy".into())),
-                };
-                match attempt {
-                    Ok(d) => {
-                        dst.copy_from_slice(&d);
-                        break;
+            let data = self
+                .at_primary(volume, span.pg, |g, primary, seen| {
+                    let op = peer::ReadOp {
+                        volume,
+                        pg: span.pg,
+                        offset: span.offset,
+                        len: span.len as u32,
+                    };
+                    async move {
+                        if primary == g.node {
+                            return g.primary_read(op, seen).await;
+                        }
+                        match g.call(primary, seen, Message::Read(op)).await? {
+                            Message::Data(d) if d.len() as u64 == span.len => Ok(d),
+                            other => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
+                        }
                     }
-                    Err(fail) => self.backoff(fail, seen, deadline).await?,
-                }
-            }
+                })
+                .await?;
+            dst.copy_from_slice(&data);
         }
         Ok(())
     }
@@ -453,27 +444,52 @@ impl Group {
             return Err(gone(volume));
         };
         for span in self.spans(key, offset, len) {
-            let deadline = Instant::now() + IO_DEADLINE;
-            loop {
-                let seen = self.epoch();
+            self.at_primary(volume, span.pg, |g, primary, seen| {
                 let region = peer::Region {
                     volume,
                     pg: span.pg,
                     offset: span.offset,
                     len: span.len,
                 };
-                let attempt = match self.primary_of(volume, span.pg) {
-                    Some(p) if p == self.node => self.primary_unmap(region, seen).await,
-                    Some(p) => self.call(p, seen, Message::Unmap(region)).await.map(|_| ()),
-                    None => Err(Fail::Unreachable("no in-sync copy".into())),
-                };
-                match attempt {
-                    Ok(()) => break,
-                    Err(fail) => self.backoff(fail, seen, deadline).await?,
+                async move {
+                    if primary == g.node {
+                        g.primary_unmap(region, seen).await
+                    } else {
+                        g.call(primary, seen, Message::Unmap(region))
+                            .await
+                            .map(|_| ())
+                    }
                 }
-            }
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Run `attempt` against the primary of `pg` (itself when this member is), under the
+    /// epoch it was found in, until it succeeds, the device fails or [`IO_DEADLINE`].
+    async fn at_primary<T, F, Fut>(
+        self: &Arc<Self>,
+        volume: u64,
+        pg: u32,
+        mut attempt: F,
+    ) -> Result<T, DeviceError>
+    where
+        F: FnMut(Arc<Self>, u64, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Fail>>,
+    {
+        let deadline = Instant::now() + IO_DEADLINE;
+        loop {
+            let seen = self.epoch();
+            let result = match self.primary_of(volume, pg) {
+                Some(primary) => attempt(self.clone(), primary, seen).await,
+                None => Err(Fail::Unreachable("no in-sync copy".into())),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(fail) => self.backoff(fail, seen, deadline).await?,
+            }
+        }
     }
 
     /// Make every acknowledged write of `volume` durable: every up member syncs its journal
@@ -685,29 +701,24 @@ impl Group {
             return Err(gone(volume));
         };
         let pg = self.striping.pg_of(key, offset);
-        let deadline = Instant::now() + IO_DEADLINE;
-        loop {
-            let seen = self.epoch();
+        self.at_primary(volume, pg, |g, primary, seen| {
             let region = peer::Region {
                 volume,
                 pg,
                 offset,
                 len,
             };
-            let attempt = match self.primary_of(volume, pg) {
-                Some(p) if p == self.node => self.primary_status(region, seen).await,
-                Some(p) => match self.call(p, seen, Message::Status(region)).await {
-                    Ok(Message::Provisioning { mapped, len }) => Ok((mapped, len)),
-                    Ok(other) => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
-                    Err(f) => Err(f),
-                },
-                None => Err(Fail::Unreachable("no in-sync copy".into())),
-            };
-            match attempt {
-                Ok(r) => return Ok(r),
-                Err(fail) => self.backoff(fail, seen, deadline).await?,
+            async move {
+                if primary == g.node {
+                    return g.primary_status(region, seen).await;
+                }
+                match g.call(primary, seen, Message::Status(region)).await? {
+                    Message::Provisioning { mapped, len } => Ok((mapped, len)),
+                    other => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
+                }
             }
-        }
+        })
+        .await
     }
 
     pub(crate) async fn local_flush(&self, volume: u64) -> Result<(), Fail> {
