@@ -83,6 +83,28 @@ fn wait_settled(lab: &Lab, limit: Duration) -> u64 {
     bytes
 }
 
+/// Wait until the group counts `name` as up again (its `MemberUp` applied).
+fn wait_online(lab: &Lab, name: &str) {
+    let t = Instant::now();
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["member", "list", "--json"])).unwrap();
+        let up = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == name && m["state"] == "online");
+        if up {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{name} did not come back"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn pattern(round: u64, i: u64) -> u64 {
     (round * 61 + i) % 250 + 1
 }
@@ -261,6 +283,7 @@ fn member_loss_keeps_a_standard_initiator_writing() {
     );
     lab.ok(&["lab", "start", &dead[0], "--data", lab.dir_str()]);
     let t = Instant::now();
+    wait_online(&lab, &dead[0]);
     let after = wait_settled(&lab, Duration::from_secs(60));
     eprintln!(
         "{} back: layout settled in {:?}, {} bytes copied to fill its copies",
@@ -396,6 +419,7 @@ fn linearizable_across_member_kills() {
         eprintln!("cycle {cycle}: killed {victim} at {:?}", start.elapsed());
         thread::sleep(Duration::from_secs(4));
         lab.ok(&["lab", "start", victim, "--data", lab.dir_str()]);
+        wait_online(&lab, victim);
         wait_settled(&lab, Duration::from_secs(60));
     }
     thread::sleep(Duration::from_secs(2));

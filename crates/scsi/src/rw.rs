@@ -6,8 +6,10 @@ use crate::lu::{CmdResult, Ctx, Fail, Reply};
 use crate::sense::{codes, invalid_cdb_field};
 use std::sync::{Mutex, MutexGuard};
 
-const STRIPES: usize = 64;
-const STRIPE_SHIFT: u32 = 11;
+const STRIPES: usize = 256;
+// 8 blocks: writes to neighbouring 4 KiB go side by side (a write through the group holds
+// its stripes for a replication round trip, so coarse stripes serialised sequential I/O).
+const STRIPE_SHIFT: u32 = 3;
 
 /// Range locks keyed by LBA region: writers of overlapping ranges serialise, so
 /// COMPARE AND WRITE, ORWRITE and WRITE ATOMIC are atomic against every other writer,

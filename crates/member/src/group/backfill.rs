@@ -126,7 +126,7 @@ async fn fill_chunk(
     let start = chunk * CHUNK_BYTES;
     let end = (start + CHUNK_BYTES).min(v.size);
     for _attempt in 0..50 {
-        let _lock = g.lock_of(v.id, start).write().await;
+        let _range = g.write_range(v.id, start, end - start).await;
         let state = g.state();
         let epoch = state.layout.epoch;
         let Some(table) = state.table(replicas) else {
@@ -182,7 +182,7 @@ async fn fill_chunk(
             }
             // Our epoch moved on (another group's change): copy the chunk again under it.
             Err(Fail::Stale { current }) => {
-                drop(_lock);
+                drop(_range);
                 g.wait_epoch(current, Duration::from_secs(2)).await;
             }
             Err(f) => return Err(f),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  initiator ─► any member's portal ─► GroupDevice ─► span per chunk
-//!     primary here?  yes ─► primary_write: chunk lock, local journal, ReplicaWrite to every
+//!     primary here?  yes ─► primary_write: range lock, local journal, ReplicaWrite to every
 //!                           copy (all in-sync copies must answer), then acknowledge
 //!                    no  ─► Write to the primary over the peer protocol (it does the above)
 //!  refused (stale epoch, not primary) or unreachable ─► wait for the next epoch, retry
@@ -12,10 +12,10 @@
 //! Every peer request carries the layout epoch it was made under and is refused by a
 //! member at another epoch, so a primary cut off from the group (which cannot learn that a
 //! new epoch dropped it) can never collect its replicas' answers, and never acknowledges a
-//! write alone. Writes of one chunk are serialized at its primary (a chunk lock held until
-//! every copy answered), so copies apply overlapping writes in the same order, and a read
-//! at the primary waits for a write in flight to the same chunk: nothing is read that a
-//! replica does not have yet.
+//! write alone. Overlapping writes are serialized at the primary (a lock per 4 KiB unit,
+//! held until every copy answered), so copies apply them in the same order, and a read at
+//! the primary waits for a write in flight to the same blocks: nothing is read that a
+//! replica does not have yet. A fill holds the locks of its whole chunk.
 //!
 //! A one-member group takes none of these paths: `GroupDevice` calls the local store
 //! directly, inline on the connection's task.
@@ -40,8 +40,11 @@ use std::time::{Duration, Instant};
 use store::Store;
 use tokio::sync::watch;
 
-/// Chunk lock stripes: writes and reads of one chunk at its primary share one.
+/// Lock stripes of the primary's range locks and of the replicas' chunk locks.
 const LOCK_STRIPES: usize = 4096;
+
+/// The primary orders writes per 4 KiB unit: overlapping writes take the same lock.
+const LOCK_UNIT: u64 = 4096;
 
 /// Placement groups one member fills at once.
 const FILLS_AT_ONCE: usize = 2;
@@ -261,8 +264,51 @@ impl Group {
         self.wait_epoch(seen + 1, limit).await
     }
 
-    fn lock_of(&self, volume: u64, offset: u64) -> &tokio::sync::RwLock<()> {
-        &self.locks[Self::stripe(volume, offset)]
+    /// The primary's lock stripes of bytes `[offset, offset + len)`, in the order they must
+    /// be taken (sorted, each once): writes to overlapping blocks are ordered, writes to
+    /// different blocks of one chunk run side by side.
+    fn range_stripes(volume: u64, offset: u64, len: u64) -> Vec<usize> {
+        let first = offset / LOCK_UNIT;
+        let last = (offset + len.max(1) - 1) / LOCK_UNIT;
+        let mut stripes: Vec<usize> = (first..=last)
+            .map(|unit| Self::stripe_of_unit(volume, unit))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+    }
+
+    async fn write_range(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Vec<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let mut guards = Vec::new();
+        for s in Self::range_stripes(volume, offset, len) {
+            guards.push(self.locks[s].write().await);
+        }
+        guards
+    }
+
+    async fn read_range(
+        &self,
+        volume: u64,
+        offset: u64,
+        len: u64,
+    ) -> Vec<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let mut guards = Vec::new();
+        for s in Self::range_stripes(volume, offset, len) {
+            guards.push(self.locks[s].read().await);
+        }
+        guards
+    }
+
+    fn stripe_of_unit(volume: u64, unit: u64) -> usize {
+        let h = (volume.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ unit)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            >> 20;
+        (h % LOCK_STRIPES as u64) as usize
     }
 
     fn replica_lock_of(&self, volume: u64, offset: u64) -> &tokio::sync::RwLock<()> {
@@ -578,12 +624,13 @@ impl Group {
         volume: u64,
         pg: u32,
         offset: u64,
+        len: u64,
         epoch: u64,
         local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
         message: Message,
     ) -> Result<(), Fail> {
         let _gate = self.gate(pg).read().await;
-        let _chunk = self.lock_of(volume, offset).write().await;
+        let _range = self.write_range(volume, offset, len).await;
         let copies = self.as_primary(volume, pg, epoch)?;
         let vol = self.local(volume)?;
         blocking(move || local(vol)).await?;
@@ -627,10 +674,12 @@ impl Group {
         let (volume, pg, offset) = (op.volume, op.pg, op.offset);
         let data = op.data.clone();
         let fua = op.fua;
+        let len = data.len() as u64;
         self.replicate(
             volume,
             pg,
             offset,
+            len,
             epoch,
             move |v| write_local(&v, offset, &data, fua),
             Message::ReplicaWrite(op),
@@ -647,6 +696,7 @@ impl Group {
             r.volume,
             r.pg,
             r.offset,
+            r.len,
             epoch,
             move |v| unmap_local(&v, r.offset, r.len),
             Message::ReplicaUnmap(r),
@@ -659,7 +709,9 @@ impl Group {
         op: peer::ReadOp,
         epoch: u64,
     ) -> Result<Bytes, Fail> {
-        let _chunk = self.lock_of(op.volume, op.offset).read().await;
+        let _range = self
+            .read_range(op.volume, op.offset, u64::from(op.len))
+            .await;
         self.as_primary(op.volume, op.pg, epoch)?;
         let vol = self.local(op.volume)?;
         blocking(move || {
@@ -678,7 +730,8 @@ impl Group {
         r: peer::Region,
         epoch: u64,
     ) -> Result<(bool, u64), Fail> {
-        let _chunk = self.lock_of(r.volume, r.offset).read().await;
+        // Provisioning is advisory: the first unit's lock orders it after a write there.
+        let _range = self.read_range(r.volume, r.offset, 1).await;
         self.as_primary(r.volume, r.pg, epoch)?;
         let vol = self.local(r.volume)?;
         blocking(move || {
