@@ -617,18 +617,21 @@ impl Group {
             .collect())
     }
 
-    /// Run a change at the primary: under the chunk's write lock, locally, then on every
-    /// other copy; acknowledged only when every in-sync copy answered.
+    /// Run a change of the bytes `at` at the primary: under their range locks, locally,
+    /// then on every other copy; acknowledged only when every in-sync copy answered.
     async fn replicate(
         self: &Arc<Self>,
-        volume: u64,
-        pg: u32,
-        offset: u64,
-        len: u64,
+        at: peer::Region,
         epoch: u64,
         local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
         message: Message,
     ) -> Result<(), Fail> {
+        let peer::Region {
+            volume,
+            pg,
+            offset,
+            len,
+        } = at;
         let _gate = self.gate(pg).read().await;
         let _range = self.write_range(volume, offset, len).await;
         let copies = self.as_primary(volume, pg, epoch)?;
@@ -674,12 +677,14 @@ impl Group {
         let (volume, pg, offset) = (op.volume, op.pg, op.offset);
         let data = op.data.clone();
         let fua = op.fua;
-        let len = data.len() as u64;
-        self.replicate(
+        let at = peer::Region {
             volume,
             pg,
             offset,
-            len,
+            len: data.len() as u64,
+        };
+        self.replicate(
+            at,
             epoch,
             move |v| write_local(&v, offset, &data, fua),
             Message::ReplicaWrite(op),
@@ -693,10 +698,7 @@ impl Group {
         epoch: u64,
     ) -> Result<(), Fail> {
         self.replicate(
-            r.volume,
-            r.pg,
-            r.offset,
-            r.len,
+            r,
             epoch,
             move |v| unmap_local(&v, r.offset, r.len),
             Message::ReplicaUnmap(r),
