@@ -106,6 +106,11 @@ impl ClusterState {
         self.layout.tables.get(&replicas)
     }
 
+    /// The volume with id `id` (peer messages name volumes by id).
+    pub fn volume_by_id(&self, id: u64) -> Option<&crate::state::Volume> {
+        self.volumes.values().find(|v| v.id == id)
+    }
+
     /// Members that are up (not marked down by the group).
     pub fn up_members(&self) -> impl Iterator<Item = &crate::state::Member> {
         self.members.values().filter(|m| !m.down)

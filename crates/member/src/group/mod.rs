@@ -401,9 +401,7 @@ impl Group {
 
     fn volume_info(&self, volume: u64) -> Option<(u64, u8)> {
         self.state()
-            .volumes
-            .values()
-            .find(|v| v.id == volume)
+            .volume_by_id(volume)
             .map(|v| (v.placement_key(), v.replicas))
     }
 
@@ -573,7 +571,7 @@ impl Group {
 
     fn primary_of(&self, volume: u64, pg: u32) -> Option<u64> {
         let state = self.state();
-        let v = state.volumes.values().find(|v| v.id == volume)?;
+        let v = state.volume_by_id(volume)?;
         state.table(v.replicas)?.primary(pg)
     }
 
@@ -586,7 +584,7 @@ impl Group {
                 current: state.layout.epoch,
             });
         }
-        let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+        let Some(v) = state.volume_by_id(volume) else {
             return Err(Fail::Refused(format!("no volume {volume}")));
         };
         let Some(table) = state.table(v.replicas) else {

@@ -50,7 +50,7 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
 /// The local volume when this member holds (or is being given) a copy of `pg`.
 fn copy_of(group: &Group, volume: u64, pg: u32) -> Result<Arc<store::Volume>, Fail> {
     let state = group.state();
-    let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+    let Some(v) = state.volume_by_id(volume) else {
         return Err(Fail::Refused(format!("no volume {volume}")));
     };
     let holds = state
