@@ -7,6 +7,8 @@
 //! | --- | --- | --- |
 //! | GET | `/v1/status` | → [`GroupStatus`] |
 //! | GET | `/v1/members` | → `[MemberView]` |
+//! | POST | `/v1/members/{name}/remove` | → `[MemberView]` (its data starts moving away) |
+//! | GET | `/v1/group` | → [`GroupView`] (layout, resync state) |
 //! | GET | `/v1/volumes` | → `[VolumeView]` |
 //! | POST | `/v1/volumes` | [`CreateVolume`] → [`VolumeView`] |
 //! | GET | `/v1/volumes/{name}` | → [`VolumeView`] |

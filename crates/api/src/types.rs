@@ -138,6 +138,12 @@ pub struct GroupView {
     pub unavailable: usize,
     /// Bytes this member copied to others while filling copies, since it started.
     pub resync_bytes: u64,
+    /// Copies away (down, or being filled after a return) whose changes this member
+    /// records, and the 4 MiB chunks written meanwhile: what their resync will move.
+    #[serde(default)]
+    pub tracked_copies: usize,
+    #[serde(default)]
+    pub tracked_chunks: usize,
 }
 
 /// A member's load, for login redirection.
@@ -145,6 +151,9 @@ pub struct GroupView {
 pub struct LoadView {
     /// iSCSI sessions logged in at this member's portal.
     pub sessions: usize,
+    /// Bytes of the member's pool in use.
+    #[serde(default)]
+    pub in_use: u64,
 }
 
 /// A new member asks a member of the group to add it to the control plane.
@@ -162,9 +171,16 @@ pub struct MemberView {
     pub api: String,
     pub portal: String,
     pub capacity: u64,
-    /// `online`, or `down` once the group marked it unreachable.
+    /// `online`; `down` once the group marked it unreachable (it keeps its placement groups);
+    /// `out` once they moved elsewhere; `removing` while its data moves away.
     pub state: String,
     pub leader: bool,
+    /// Bytes of its pool in use, as last reported (none yet for a member not heard from).
+    #[serde(default)]
+    pub in_use: Option<u64>,
+    /// Placement groups it holds or is being given a copy of.
+    #[serde(default)]
+    pub copies: usize,
     /// The member's pool (only for the member that answered).
     #[serde(default)]
     pub pool: Option<PoolView>,

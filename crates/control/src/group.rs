@@ -118,26 +118,44 @@ impl ClusterState {
 
     /// The replica count a new volume gets when none is asked for.
     pub fn default_replicas(&self) -> u8 {
-        if self.up_members().count() >= 2 {
+        if self.placeable_members().count() >= 2 {
             2
         } else {
             1
         }
     }
 
+    /// Members as placement sees them. A member that is down but not out keeps its place
+    /// (its copies come back with a resync of what changed); one that is out gets none; one
+    /// being removed drains.
     fn member_infos(&self) -> Vec<MemberInfo> {
         self.members
             .values()
             .map(|m| MemberInfo {
                 id: MemberId(m.node_id),
                 capacity_bytes: m.capacity.max(1),
-                state: if m.down {
+                state: if m.removing {
+                    MemberState::Draining
+                } else if m.out {
                     MemberState::Down
                 } else {
                     MemberState::Up
                 },
             })
             .collect()
+    }
+
+    /// Members that placement may give copies to.
+    pub fn placeable_members(&self) -> impl Iterator<Item = &crate::state::Member> {
+        self.members.values().filter(|m| !m.out && !m.removing)
+    }
+
+    /// Whether any table still names `node` (planned, or holding a complete copy).
+    pub fn holds_copies(&self, node: u64) -> bool {
+        self.layout
+            .tables
+            .values()
+            .any(|t| (0..t.map.pg_count).any(|pg| t.copies(pg).contains(&node)))
     }
 
     /// Take `node` out of every in-sync set where another complete copy remains.
@@ -155,6 +173,12 @@ impl ClusterState {
     /// in-sync sets changed get the new epoch.
     pub(crate) fn relayout(&mut self) {
         let infos = self.member_infos();
+        let down: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.down)
+            .map(|m| m.node_id)
+            .collect();
         let mut classes: Vec<u8> = self.volumes.values().map(|v| v.replicas).collect();
         classes.extend(self.layout.tables.keys().copied());
         classes.sort_unstable();
@@ -170,10 +194,23 @@ impl ClusterState {
             };
             let table = match prev {
                 None => PgTable {
+                    // A new class starts complete on its up members (it holds no data yet);
+                    // a down member is filled when it returns.
                     in_sync: map
                         .groups
                         .iter()
-                        .map(|g| g.iter().map(|m| m.0).collect())
+                        .map(|g| {
+                            let up: Vec<u64> = g
+                                .iter()
+                                .map(|m| m.0)
+                                .filter(|n| !down.contains(n))
+                                .collect();
+                            if up.is_empty() {
+                                g.iter().map(|m| m.0).collect()
+                            } else {
+                                up
+                            }
+                        })
                         .collect(),
                     pg_epoch: vec![next; map.groups.len()],
                     map,
@@ -206,8 +243,32 @@ impl ClusterState {
         }
     }
 
-    /// A member is unreachable: its copies leave the in-sync sets (except last copies) and
-    /// its groups move elsewhere.
+    /// Add or update a member's record. What the group decided about it (down, out, being
+    /// removed) stays; a changed copy id means its copies cannot be trusted: they leave the
+    /// in-sync sets (except last copies) and are filled completely.
+    pub(crate) fn apply_register_member(&mut self, mut m: crate::state::Member) -> Outcome {
+        if let Some(old) = self.members.get(&m.name) {
+            m.down = old.down;
+            m.out = old.out;
+            m.removing = old.removing;
+            if !old.copy_id.is_empty() && old.copy_id != m.copy_id {
+                let node = m.node_id;
+                self.members.insert(m.name.clone(), m);
+                self.bump_all_changed(|s| {
+                    s.drop_from_in_sync(node);
+                    s.relayout()
+                });
+                return Outcome::Ok;
+            }
+        }
+        self.members.insert(m.name.clone(), m);
+        self.relayout();
+        Outcome::Ok
+    }
+
+    /// A member is unreachable: its copies leave the in-sync sets (except last copies), so
+    /// its placement groups fail over to their other copies. It keeps its place in the map
+    /// until it is out.
     pub(crate) fn apply_member_down(&mut self, name: &str) -> Outcome {
         let Some(m) = self.members.get_mut(name) else {
             return refuse(RefusalKind::NotFound, format!("no member named {name}"));
@@ -219,6 +280,20 @@ impl ClusterState {
         let node = m.node_id;
         self.bump_all_changed(|s| {
             s.drop_from_in_sync(node);
+            // Fills of its copies that were running are void: they may have missed writes.
+            let next = s.layout.epoch + 1;
+            let mut touched = false;
+            for table in s.layout.tables.values_mut() {
+                for pg in 0..table.map.pg_count {
+                    if table.planned(pg).any(|m| m == node) {
+                        table.pg_epoch[pg as usize] = next;
+                        touched = true;
+                    }
+                }
+            }
+            if touched {
+                s.layout.epoch = next;
+            }
             s.relayout()
         });
         Outcome::Ok
@@ -231,11 +306,83 @@ impl ClusterState {
             return refuse(RefusalKind::NotFound, format!("no member named {name}"));
         };
         m.down = false;
+        m.out = false;
         let node = m.node_id;
         self.bump_all_changed(|s| {
             s.drop_from_in_sync(node);
             s.relayout()
         });
+        Outcome::Ok
+    }
+
+    /// A member stayed down too long: its placement groups get new copies elsewhere.
+    pub(crate) fn apply_member_out(&mut self, name: &str) -> Outcome {
+        let Some(m) = self.members.get_mut(name) else {
+            return refuse(RefusalKind::NotFound, format!("no member named {name}"));
+        };
+        if !m.down {
+            return refuse(RefusalKind::Busy, format!("{name} is up again"));
+        }
+        if m.out {
+            return Outcome::Ok;
+        }
+        m.out = true;
+        self.relayout();
+        Outcome::Ok
+    }
+
+    /// The operator removes a member: the others must be able to hold every replica class;
+    /// its data moves to them, then [`apply_forget_member`](Self::apply_forget_member).
+    pub(crate) fn apply_remove_member(&mut self, name: &str) -> Outcome {
+        let Some(m) = self.members.get(name) else {
+            return refuse(RefusalKind::NotFound, format!("no member named {name}"));
+        };
+        if m.removing {
+            return Outcome::Ok;
+        }
+        let node = m.node_id;
+        let rest = self
+            .placeable_members()
+            .filter(|o| o.node_id != node && !o.down)
+            .count();
+        if rest == 0 {
+            return refuse(
+                RefusalKind::Invalid,
+                format!("{name} is the group's last member: delete the group instead"),
+            );
+        }
+        let widest = self.volumes.values().map(|v| v.replicas).max().unwrap_or(1);
+        if rest < usize::from(widest) {
+            return refuse(
+                RefusalKind::Invalid,
+                format!(
+                    "removing {name} leaves {rest} up member(s) for volumes with {widest} replicas"
+                ),
+            );
+        }
+        if let Some(m) = self.members.get_mut(name) {
+            m.removing = true;
+        }
+        self.relayout();
+        Outcome::Ok
+    }
+
+    /// A member being removed holds no copy any more: forget it.
+    pub(crate) fn apply_forget_member(&mut self, name: &str) -> Outcome {
+        let Some(m) = self.members.get(name) else {
+            return Outcome::Ok;
+        };
+        if !m.removing {
+            return refuse(RefusalKind::Invalid, format!("{name} is not being removed"));
+        }
+        if self.holds_copies(m.node_id) {
+            return refuse(
+                RefusalKind::Busy,
+                format!("{name} still holds copies; its data is still moving"),
+            );
+        }
+        self.members.remove(name);
+        self.relayout();
         Outcome::Ok
     }
 
@@ -248,6 +395,12 @@ impl ClusterState {
         pg_epoch: u64,
     ) -> Outcome {
         let next = self.layout.epoch + 1;
+        if self.members.values().any(|m| m.node_id == node && m.down) {
+            return refuse(
+                RefusalKind::Busy,
+                format!("member {node} is down; its copy is filled when it returns"),
+            );
+        }
         let Some(table) = self.layout.tables.get_mut(&replicas) else {
             return refuse(
                 RefusalKind::NotFound,
@@ -303,5 +456,193 @@ fn prune_if_complete(table: &mut PgTable, pg: PgId) {
     let planned: Vec<u64> = table.planned(pg).collect();
     if planned.iter().all(|m| table.in_sync[i].contains(m)) {
         table.in_sync[i].retain(|m| planned.contains(m));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::{ClusterState, Command, Member, Outcome, RefusalKind};
+
+    fn member(n: u64, copy: &str) -> Member {
+        Member {
+            name: format!("member-{n}"),
+            node_id: n,
+            api_addr: format!("127.0.0.1:{}", 7000 + n),
+            portal: String::new(),
+            capacity: 8 << 30,
+            peer: String::new(),
+            down: false,
+            out: false,
+            removing: false,
+            copy_id: copy.into(),
+        }
+    }
+
+    /// Three members, one 2-replica volume, every copy in sync.
+    fn group() -> ClusterState {
+        let mut s = ClusterState::default();
+        for n in 1..=3 {
+            assert_eq!(
+                s.apply(Command::RegisterMember(member(n, "a"))),
+                Outcome::Ok
+            );
+        }
+        let created = s.apply(Command::CreateVolume {
+            name: "v".into(),
+            size: 1 << 30,
+            block_size: 512,
+            replicas: 2,
+            thick: false,
+            allow: vec![],
+            chap: None,
+            created: 0,
+        });
+        assert!(matches!(created, Outcome::Volume(_)), "{created:?}");
+        s
+    }
+
+    fn planned_on(s: &ClusterState, node: u64) -> usize {
+        let t = s.table(2).unwrap();
+        (0..t.map.pg_count)
+            .filter(|&pg| t.planned(pg).any(|m| m == node))
+            .count()
+    }
+
+    fn in_sync_on(s: &ClusterState, node: u64) -> usize {
+        let t = s.table(2).unwrap();
+        (0..t.map.pg_count)
+            .filter(|&pg| t.is_in_sync(pg, node))
+            .count()
+    }
+
+    fn refused(o: Outcome) -> Option<RefusalKind> {
+        match o {
+            Outcome::Refused { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_down_member_keeps_its_place_until_it_is_out() {
+        let mut s = group();
+        let held = planned_on(&s, 3);
+        assert!(held > 0 && in_sync_on(&s, 3) == held);
+        s.apply(Command::MemberDown {
+            name: "member-3".into(),
+        });
+        assert_eq!(planned_on(&s, 3), held, "a down member keeps its groups");
+        assert_eq!(in_sync_on(&s, 3), 0, "but none of its copies counts");
+        let t = s.table(2).unwrap();
+        assert!((0..t.map.pg_count).all(|pg| t.primary(pg).is_some_and(|p| p != 3)));
+
+        s.apply(Command::MemberOut {
+            name: "member-3".into(),
+        });
+        assert_eq!(planned_on(&s, 3), 0, "an out member's groups move");
+
+        s.apply(Command::MemberUp {
+            name: "member-3".into(),
+        });
+        assert!(planned_on(&s, 3) > 0, "it gets groups again");
+        assert_eq!(in_sync_on(&s, 3), 0, "which are filled before they count");
+    }
+
+    #[test]
+    fn out_is_refused_for_a_member_that_came_back() {
+        let mut s = group();
+        let o = s.apply(Command::MemberOut {
+            name: "member-2".into(),
+        });
+        assert_eq!(refused(o), Some(RefusalKind::Busy));
+    }
+
+    #[test]
+    fn a_new_copy_id_drops_the_members_copies() {
+        let mut s = group();
+        let epoch = s.layout.epoch;
+        s.apply(Command::RegisterMember(member(2, "a")));
+        assert!(in_sync_on(&s, 2) > 0, "the same copies re-register");
+        s.apply(Command::RegisterMember(member(2, "b")));
+        assert_eq!(in_sync_on(&s, 2), 0);
+        assert!(s.layout.epoch > epoch);
+    }
+
+    #[test]
+    fn removal_drains_then_forgets() {
+        let mut s = group();
+        assert_eq!(
+            s.apply(Command::RemoveMember {
+                name: "member-1".into()
+            }),
+            Outcome::Ok
+        );
+        assert_eq!(planned_on(&s, 1), 0, "its groups are planned elsewhere");
+        assert!(
+            s.holds_copies(1),
+            "but it holds the data until they are filled"
+        );
+        let o = s.apply(Command::ForgetMember {
+            name: "member-1".into(),
+        });
+        assert_eq!(refused(o), Some(RefusalKind::Busy));
+
+        // Declare every new copy filled.
+        let t = s.table(2).unwrap().clone();
+        for pg in 0..t.map.pg_count {
+            for node in t.backfills(pg) {
+                let pg_epoch = s.table(2).unwrap().pg_epoch(pg);
+                let o = s.apply(Command::PgInSync {
+                    replicas: 2,
+                    pg,
+                    node,
+                    pg_epoch,
+                });
+                assert_eq!(o, Outcome::Ok);
+            }
+        }
+        assert!(!s.holds_copies(1));
+        assert_eq!(
+            s.apply(Command::ForgetMember {
+                name: "member-1".into()
+            }),
+            Outcome::Ok
+        );
+        assert!(!s.members.contains_key("member-1"));
+    }
+
+    #[test]
+    fn removal_is_refused_when_the_rest_cannot_hold_the_replicas() {
+        let mut s = group();
+        assert_eq!(
+            s.apply(Command::RemoveMember {
+                name: "member-1".into()
+            }),
+            Outcome::Ok
+        );
+        let o = s.apply(Command::RemoveMember {
+            name: "member-2".into(),
+        });
+        assert_eq!(refused(o), Some(RefusalKind::Invalid));
+        let o = s.apply(Command::ForgetMember {
+            name: "member-3".into(),
+        });
+        assert_eq!(refused(o), Some(RefusalKind::Invalid), "not being removed");
+    }
+
+    #[test]
+    fn a_volume_wider_than_the_group_is_refused() {
+        let mut s = ClusterState::default();
+        s.apply(Command::RegisterMember(member(1, "a")));
+        let o = s.apply(Command::CreateVolume {
+            name: "v".into(),
+            size: 1 << 20,
+            block_size: 512,
+            replicas: 2,
+            thick: false,
+            allow: vec![],
+            chap: None,
+            created: 0,
+        });
+        assert_eq!(refused(o), Some(RefusalKind::Invalid));
     }
 }

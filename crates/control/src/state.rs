@@ -24,9 +24,21 @@ pub struct Member {
     /// host:port of the member's peer listener (member-to-member data path).
     #[serde(default)]
     pub peer: String,
-    /// Marked unreachable by the group: its copies are out of the in-sync sets.
+    /// Marked unreachable by the group: its copies are out of the in-sync sets, but it keeps
+    /// its place in the map, so a return resyncs only what changed meanwhile.
     #[serde(default)]
     pub down: bool,
+    /// Down for longer than the group waits: its placement groups move to other members.
+    #[serde(default)]
+    pub out: bool,
+    /// Being removed by the operator: its data moves away, then it leaves the group.
+    #[serde(default)]
+    pub removing: bool,
+    /// Names the lineage of the member's copies (its store's identity and the machine boot
+    /// it last ran under). A member whose copy id changed lost its data or may have lost
+    /// unsynced writes: its copies are filled completely, never from dirty-region records.
+    #[serde(default)]
+    pub copy_id: String,
 }
 
 /// CHAP credentials of a target. Never logged: `Debug` hides the secrets.
@@ -256,6 +268,18 @@ pub enum Command {
     MemberUp {
         name: String,
     },
+    /// A member stayed down past the group's wait: its placement groups move elsewhere.
+    MemberOut {
+        name: String,
+    },
+    /// The operator removes a member: its data moves to the others first.
+    RemoveMember {
+        name: String,
+    },
+    /// A member being removed holds no copy any more: it leaves the group's records.
+    ForgetMember {
+        name: String,
+    },
     /// The primary of a placement group copied it to `node` under `pg_epoch`.
     PgInSync {
         replicas: u8,
@@ -345,12 +369,13 @@ impl ClusterState {
                         format!("node id {} belongs to another member", m.node_id),
                     );
                 }
-                self.members.insert(m.name.clone(), m);
-                self.relayout();
-                Outcome::Ok
+                self.apply_register_member(m)
             }
             Command::MemberDown { name } => self.apply_member_down(&name),
             Command::MemberUp { name } => self.apply_member_up(&name),
+            Command::MemberOut { name } => self.apply_member_out(&name),
+            Command::RemoveMember { name } => self.apply_remove_member(&name),
+            Command::ForgetMember { name } => self.apply_forget_member(&name),
             Command::PgInSync {
                 replicas,
                 pg,
@@ -399,6 +424,15 @@ impl ClusterState {
                     return refuse(
                         RefusalKind::Invalid,
                         format!("replicas {replicas} is not 1, 2 or 3"),
+                    );
+                }
+                let members = self.placeable_members().count();
+                if usize::from(replicas) > members.max(1) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "{replicas} replicas need {replicas} members; the group has {members}"
+                        ),
                     );
                 }
                 self.next_volume_id += 1;

@@ -46,6 +46,7 @@ struct Raw {
     bootstrap: Option<bool>,
     join: Option<String>,
     peer: Option<String>,
+    down_out_secs: Option<u64>,
 }
 
 /// A member's settings, with defaults filled in.
@@ -63,7 +64,15 @@ pub struct MemberConfig {
     pub join: Option<String>,
     /// The member-to-member listener.
     pub peer: String,
+    /// How long a down member keeps its placement groups before they get new copies
+    /// elsewhere (applied by whichever member leads). A member back sooner resyncs only
+    /// what changed while it was away.
+    pub down_out: std::time::Duration,
 }
+
+/// The default wait before a down member's groups move: long enough for a restart or a
+/// short network outage, short enough not to run on one copy for long.
+pub const DEFAULT_DOWN_OUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl MemberConfig {
     /// Defaults for a standalone member keeping its data in `data_dir`.
@@ -79,6 +88,7 @@ impl MemberConfig {
             bootstrap: true,
             join: None,
             peer: "127.0.0.1:0".into(),
+            down_out: DEFAULT_DOWN_OUT,
         }
     }
 
@@ -131,6 +141,9 @@ impl MemberConfig {
             bootstrap: raw.bootstrap.unwrap_or(true),
             join: raw.join,
             peer,
+            down_out: raw
+                .down_out_secs
+                .map_or(DEFAULT_DOWN_OUT, std::time::Duration::from_secs),
         };
         for (key, addr) in [
             ("portal", Some(&cfg.portal)),
@@ -166,5 +179,8 @@ mod tests {
         assert!(MemberConfig::parse("data_dir = \"/x\"\nportal = \"nope\"\n", p).is_err());
         assert!(MemberConfig::parse("data_dir = \"/x\"\nbogus = 1\n", p).is_err());
         assert!(MemberConfig::parse("data_dir = \"/x\"\ncapacity = \"12XB\"\n", p).is_err());
+        assert_eq!(c.down_out, DEFAULT_DOWN_OUT);
+        let c = MemberConfig::parse("data_dir = \"/x\"\ndown_out_secs = 7\n", p).unwrap();
+        assert_eq!(c.down_out.as_secs(), 7);
     }
 }

@@ -79,6 +79,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/members/join", post(join_member))
+        .route("/v1/members/{name}/remove", post(remove_member))
         .route("/v1/load", get(load))
         .route("/v1/group", get(group_view))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
@@ -112,39 +113,115 @@ pub fn router(member: Arc<Member>) -> Router {
 fn member_views(m: &Member) -> Vec<MemberView> {
     let state = m.control.state();
     let leader = m.control.leader().map(|(id, _)| id);
+    let fills = m.registry.peer_fills();
+    let own_in_use = m.registry.store().space().in_use;
     state
         .members
         .values()
-        .map(|x| MemberView {
-            name: x.name.clone(),
-            node_id: x.node_id,
-            api: x.api_addr.clone(),
-            portal: x.portal.clone(),
-            capacity: x.capacity,
-            state: if x.down {
-                "down".into()
-            } else {
-                "online".into()
-            },
-            leader: Some(x.node_id) == leader,
-            pool: (x.name == m.config.name).then(|| {
-                let s = m.registry.store().space();
-                let unlimited = s.capacity == u64::MAX;
-                api::PoolView {
-                    capacity: if unlimited { x.capacity } else { s.capacity },
-                    provisioned: s.provisioned,
-                    in_use: s.in_use,
-                    free: if unlimited {
-                        x.capacity.saturating_sub(s.in_use)
-                    } else {
-                        s.free
-                    },
-                    snapshot_in_use: s.snapshot_in_use,
-                    warning: s.warn,
-                }
-            }),
+        .map(|x| {
+            let me = x.name == m.config.name;
+            MemberView {
+                name: x.name.clone(),
+                node_id: x.node_id,
+                api: x.api_addr.clone(),
+                portal: x.portal.clone(),
+                capacity: x.capacity,
+                state: member_state(x).into(),
+                leader: Some(x.node_id) == leader,
+                in_use: if me {
+                    Some(own_in_use)
+                } else {
+                    fills.get(&x.node_id).copied()
+                },
+                copies: copies_on(&state, x.node_id),
+                pool: me.then(|| {
+                    let s = m.registry.store().space();
+                    let unlimited = s.capacity == u64::MAX;
+                    api::PoolView {
+                        capacity: if unlimited { x.capacity } else { s.capacity },
+                        provisioned: s.provisioned,
+                        in_use: s.in_use,
+                        free: if unlimited {
+                            x.capacity.saturating_sub(s.in_use)
+                        } else {
+                            s.free
+                        },
+                        snapshot_in_use: s.snapshot_in_use,
+                        warning: s.warn,
+                    }
+                }),
+            }
         })
         .collect()
+}
+
+fn member_state(x: &control::Member) -> &'static str {
+    if x.removing {
+        "removing"
+    } else if x.out {
+        "out"
+    } else if x.down {
+        "down"
+    } else {
+        "online"
+    }
+}
+
+/// Placement groups (over every replica class) that `node` holds or is given a copy of.
+fn copies_on(state: &control::ClusterState, node: u64) -> usize {
+    state
+        .layout
+        .tables
+        .values()
+        .map(|t| {
+            (0..t.map.pg_count)
+                .filter(|&pg| t.copies(pg).contains(&node))
+                .count()
+        })
+        .sum()
+}
+
+/// Start removing a member: refused when the others cannot hold what the pool holds.
+async fn remove_member(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<MemberView>> {
+    let state = m.control.state();
+    let Some(target) = state.members.get(&name) else {
+        return Err(refused(
+            RefusalKind::NotFound,
+            format!("no member named {name}"),
+        ));
+    };
+    if !target.removing {
+        let views = member_views(&m);
+        let in_use: u64 = views.iter().filter_map(|v| v.in_use).sum();
+        let rest: u64 = state
+            .placeable_members()
+            .filter(|x| x.name != name)
+            .map(|x| x.capacity)
+            .sum();
+        // Leave headroom: a pool run to its last byte fails writes.
+        if in_use > rest / 10 * 9 {
+            return Err(refused(
+                RefusalKind::Invalid,
+                format!(
+                    "the other members offer {} and the pool holds {}: removing {name} would fill them past 90%; add a member first",
+                    api::format_size(rest),
+                    api::format_size(in_use)
+                ),
+            ));
+        }
+    }
+    match m
+        .control
+        .write(Command::RemoveMember { name: name.clone() })
+        .await?
+    {
+        Outcome::Ok => Ok(Json(member_views(&m))),
+        Outcome::Refused { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(other)),
+    }
 }
 
 async fn status(State(m): State<Arc<Member>>) -> ApiResult<GroupStatus> {
@@ -181,7 +258,10 @@ async fn group_view(State(m): State<Arc<Member>>) -> ApiResult<api::GroupView> {
         filling: 0,
         unavailable: 0,
         resync_bytes: m.registry.resync_bytes(),
+        tracked_copies: 0,
+        tracked_chunks: 0,
     };
+    (view.tracked_copies, view.tracked_chunks) = m.registry.tracked_resync();
     for table in state.layout.tables.values() {
         for pg in 0..table.map.pg_count {
             view.placement_groups += 1;
@@ -206,6 +286,7 @@ async fn group_view(State(m): State<Arc<Member>>) -> ApiResult<api::GroupView> {
 async fn load(State(m): State<Arc<Member>>) -> ApiResult<api::LoadView> {
     Ok(Json(api::LoadView {
         sessions: m.registry.session_count(),
+        in_use: m.registry.store().space().in_use,
     }))
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod directory;
 pub mod group;
 pub mod http;
+mod lineage;
 pub mod portal;
 pub mod registry;
 pub mod vms;
@@ -85,9 +86,23 @@ fn free_space(path: &std::path::Path) -> u64 {
     s.f_bavail as u64 * s.f_frsize as u64
 }
 
-/// Run a member until SIGINT or SIGTERM.
+/// Written in the data dir of a member the group removed: it does not start again.
+pub const REMOVED_MARKER: &str = "removed";
+
+/// Run a member until SIGINT or SIGTERM, or until the group removes it.
 pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     check_data_dir(&config.data_dir)?;
+    if config.data_dir.join(REMOVED_MARKER).exists() {
+        return Err(MemberError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: "this member was removed from its group; wipe the data dir to join again"
+                .into(),
+        });
+    }
+    let copy_id = lineage::copy_id(&config.data_dir).map_err(|e| MemberError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: format!("cannot record the store's id: {e}"),
+    })?;
     // Bind every listener first: a port in use is reported before anything changes.
     let api_listener = bind("api", &config.api).await?;
     let portal_listener = bind("portal", &config.portal).await?;
@@ -142,7 +157,12 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         }
     }
 
-    let group = group::Group::new(config.node_id, control.clone(), registry.store().clone());
+    let group = group::Group::new(
+        config.node_id,
+        control.clone(),
+        registry.store().clone(),
+        config.down_out,
+    );
     registry.attach_group(group.clone());
 
     // Volumes follow the applied state.
@@ -150,9 +170,18 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     let reg = registry.clone();
     let ctl_follow = control.clone();
     let follow_group = group.clone();
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let (removed_tx, my_name) = (removed.clone(), config.name.clone());
     tokio::spawn(async move {
+        let mut was_member = false;
         loop {
             let state = state_rx.borrow_and_update().clone();
+            // Forgotten by the group after `member remove` moved its data away: stop.
+            let is_member = state.members.contains_key(&my_name);
+            if was_member && !is_member {
+                removed_tx.notify_one();
+            }
+            was_member |= is_member;
             let r = reg.clone();
             let applied = state.clone();
             // A thread of its own, not tokio's blocking pool: SCSI commands waiting there for
@@ -187,6 +216,9 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         capacity,
         peer: peer_addr.clone(),
         down: false,
+        out: false,
+        removing: false,
+        copy_id,
     };
     let ctl = control.clone();
     let peer_group = group.clone();
@@ -200,6 +232,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        peer_group.set_ready();
         let server =
             peer::ServerConfig::new(peer_group.engine_config(), peer_group.epoch_counter());
         let handler_group = peer_group.clone();
@@ -231,6 +264,21 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = removed.notified() => {
+            tracing::warn!("this member was removed from the group; stopping");
+            // Stay until the control plane let it go (the leader does that next, and may
+            // be this member), so the group never keeps a dead voter.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while control.membership().iter().any(|n| n.node_id == config.node_id)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let marker = config.data_dir.join(REMOVED_MARKER);
+            if let Err(e) = std::fs::write(&marker, "removed from the group\n") {
+                tracing::warn!(path = %marker.display(), error = %e, "cannot mark the data dir removed");
+            }
+        }
         r = api_task => {
             if let Ok(Err(e)) = r {
                 return Err(MemberError::Serve(e));

@@ -426,6 +426,22 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Bytes in use in other members' pools, by node id, as last polled.
+    pub fn peer_fills(&self) -> HashMap<u64, u64> {
+        self.group
+            .get()
+            .map(|g| g.fills.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// The group's dirty-region records here: (copies tracked, chunks they await).
+    pub fn tracked_resync(&self) -> (usize, usize) {
+        self.group
+            .get()
+            .map(|g| g.dirty.pending())
+            .unwrap_or_default()
+    }
+
     /// Serve volumes opened from now on through the group's data path.
     pub fn attach_group(&self, group: Arc<crate::group::Group>) {
         let _ = self.group.set(group);

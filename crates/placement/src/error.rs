@@ -25,7 +25,4 @@ pub enum PlacementError {
     /// "chunk size must be positive"
     #[error("chunk size must be positive")]
     ZeroChunk,
-    /// "dirty-region granule must be positive"
-    #[error("dirty-region granule must be positive")]
-    ZeroGranule,
 }

@@ -10,8 +10,18 @@ use std::path::PathBuf;
 pub enum MemberCommand {
     /// Run a storage member (with no --config: a standalone single-member group in --data).
     Run(RunArgs),
-    /// List the group's members: state, capacity.
+    /// List the group's members: state, capacity, fill and the placement groups each holds.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member: its copies move to the others first (refused when they cannot hold
+    /// the pool), then it leaves the group and stops. Waits with progress unless --no-wait.
+    Remove {
+        name: String,
+        /// Return once the removal started.
+        #[arg(long)]
+        no_wait: bool,
         #[arg(long)]
         json: bool,
     },
@@ -68,8 +78,17 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
             println!("copies filling:   {}", g.filling);
             println!("unavailable:      {}", g.unavailable);
             println!("resynced by it:   {}", format_size(g.resync_bytes));
+            println!(
+                "tracked changes:  {} chunks for {} copies away",
+                g.tracked_chunks, g.tracked_copies
+            );
             Ok(())
         }
+        MemberCommand::Remove {
+            name,
+            no_wait,
+            json,
+        } => remove(api, &name, no_wait, json).await,
         MemberCommand::List { json } => {
             let client = super::client(api)?;
             let ms: Vec<MemberView> = client.get("/v1/members").await?;
@@ -78,7 +97,7 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
             }
             output::table(
                 &[
-                    "NAME", "STATE", "LEADER", "CAPACITY", "IN USE", "PORTAL", "API",
+                    "NAME", "STATE", "LEADER", "CAPACITY", "IN USE", "GROUPS", "PORTAL", "API",
                 ],
                 ms.iter()
                     .map(|m| {
@@ -87,21 +106,8 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
                             m.state.clone(),
                             if m.leader { "yes".into() } else { "".into() },
                             format_size(m.capacity),
-                            m.pool
-                                .as_ref()
-                                .map(|p| {
-                                    let pct = if p.capacity > 0 {
-                                        p.in_use as f64 * 100.0 / p.capacity as f64
-                                    } else {
-                                        0.0
-                                    };
-                                    format!(
-                                        "{} ({pct:.0}%){}",
-                                        format_size(p.in_use),
-                                        if p.warning { " WARNING" } else { "" }
-                                    )
-                                })
-                                .unwrap_or_else(|| "-".into()),
+                            in_use_cell(m),
+                            m.copies.to_string(),
                             m.portal.clone(),
                             m.api.clone(),
                         ]
@@ -110,5 +116,63 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
             );
             Ok(())
         }
+    }
+}
+
+fn in_use_cell(m: &MemberView) -> String {
+    let Some(in_use) = m.in_use else {
+        return "-".into();
+    };
+    let pct = if m.capacity > 0 {
+        in_use as f64 * 100.0 / m.capacity as f64
+    } else {
+        0.0
+    };
+    let warning = m.pool.as_ref().is_some_and(|p| p.warning);
+    format!(
+        "{} ({pct:.0}%){}",
+        format_size(in_use),
+        if warning { " WARNING" } else { "" }
+    )
+}
+
+/// Start removing `name`, then follow its placement groups moving away until the group
+/// forgets it.
+async fn remove(api: &Option<String>, name: &str, no_wait: bool, json: bool) -> anyhow::Result<()> {
+    let client = super::client(api)?;
+    let path = format!("/v1/members/{name}/remove");
+    let views: Vec<MemberView> = client.post(&path, &serde_json::json!({})).await?;
+    let Some(first) = views.iter().find(|m| m.name == name) else {
+        anyhow::bail!("{name} is not in the group any more");
+    };
+    if no_wait {
+        return if json {
+            output::json(&views)
+        } else {
+            println!("removing {name}: {} placement groups to move", first.copies);
+            Ok(())
+        };
+    }
+    let total = first.copies.max(1) as u64;
+    let mut progress = crate::progress::Progress::new(&format!("moving {name}'s data"));
+    let started = std::time::Instant::now();
+    loop {
+        let views: Vec<MemberView> = client.get("/v1/members").await?;
+        let Some(m) = views.iter().find(|m| m.name == name) else {
+            progress.finish();
+            if json {
+                return output::json(&serde_json::json!({
+                    "removed": name,
+                    "seconds": started.elapsed().as_secs_f64(),
+                }));
+            }
+            println!(
+                "{name} removed: its data moved to the others in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        };
+        progress.update(total.saturating_sub(m.copies as u64), total);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

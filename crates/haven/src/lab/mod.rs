@@ -76,6 +76,10 @@ pub struct UpArgs {
     /// Return once the lab is up instead of staying in the foreground.
     #[arg(long)]
     detach: bool,
+    /// How long a down member keeps its placement groups before they are copied elsewhere
+    /// (a member back sooner resyncs only what changed). Default: the member's, 300 s.
+    #[arg(long)]
+    down_out_secs: Option<u64>,
 }
 
 pub async fn run(cmd: LabCommand) -> anyhow::Result<()> {
@@ -149,8 +153,11 @@ fn member_config(lab: &LabState, m: &LabMember) -> String {
     if let Some(c) = &m.capacity {
         text.push_str(&format!("capacity = {c:?}\n"));
     }
+    if let Some(secs) = lab.down_out_secs {
+        text.push_str(&format!("down_out_secs = {secs}\n"));
+    }
     // Later members join through the first one.
-    if let Some(first) = lab.members.first().filter(|f| f.name != m.name) {
+    if let Some(first) = lab.active_members().next().filter(|f| f.name != m.name) {
         text.push_str(&format!("join = {:?}\n", first.api));
     }
     text
@@ -339,6 +346,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 group_portal,
                 members,
                 hosts: vec![],
+                down_out_secs: None,
                 dir,
             };
             lab.save()?;
@@ -356,6 +364,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         );
     }
     let mut lab = lab;
+    if a.down_out_secs.is_some() && a.down_out_secs != lab.down_out_secs {
+        lab.down_out_secs = a.down_out_secs;
+        lab.save()?;
+    }
     // A larger --members adds members (they join and the group rebalances); a smaller one
     // leaves the existing ones (`haven member remove` evacuates one).
     for i in lab.members.len() + 1..=a.members {
@@ -371,10 +383,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         });
         lab.save()?;
     }
-    for m in &lab.members {
+    for m in lab.active_members() {
         start_member(&lab, m)?;
     }
-    for m in &lab.members {
+    for m in lab.active_members() {
         eprintln!("waiting for {} …", m.name);
         wait_ready(&lab, m, Duration::from_secs(60)).await?;
     }
@@ -388,7 +400,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     lab.write_env()?;
     println!("haven lab is up in {}", lab.dir.display());
     println!("  group portal: {}", lab.group_portal);
-    for m in &lab.members {
+    for m in lab.active_members() {
         println!(
             "  {}: portal {}  api http://{}  log {}",
             m.name,
@@ -468,9 +480,11 @@ struct Status {
 async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     let lab = existing(dir)?;
     let mut members = Vec::new();
+    let active: Vec<&str> = lab.active_members().map(|m| m.name.as_str()).collect();
     for m in &lab.members {
         let pid = process::running(&lab.member_dir(&m.name));
         let state = match pid {
+            None if !active.contains(&m.name.as_str()) => "removed",
             None => "stopped",
             Some(_) => {
                 let c = api::Client::new(vec![format!("http://{}", m.api)]);

@@ -32,6 +32,10 @@ pub struct LabState {
     pub members: Vec<LabMember>,
     #[serde(default)]
     pub hosts: Vec<LabHost>,
+    /// How long a down member keeps its placement groups (`--down-out-secs`); the
+    /// member's default when unset.
+    #[serde(default)]
+    pub down_out_secs: Option<u64>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -71,8 +75,7 @@ impl LabState {
     }
 
     pub fn api_urls(&self) -> Vec<String> {
-        self.members
-            .iter()
+        self.active_members()
             .map(|m| format!("http://{}", m.api))
             .collect()
     }
@@ -87,6 +90,18 @@ impl LabState {
 
     pub fn member_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Members the group has not removed (`haven member remove` leaves a mark in the data
+    /// dir of the member it removed, which then does not start again).
+    pub fn active_members(&self) -> impl Iterator<Item = &LabMember> {
+        self.members.iter().filter(|m| {
+            !self
+                .member_dir(&m.name)
+                .join("data")
+                .join(member::REMOVED_MARKER)
+                .exists()
+        })
     }
 
     /// Write `DIR/env` for `source`.

@@ -231,6 +231,15 @@ impl Drop for Lab {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
+        // HAVEN_KEEP_LAB=1 keeps a failed test's lab (logs, data) for a post-mortem.
+        if std::thread::panicking() && std::env::var_os("HAVEN_KEEP_LAB").is_some() {
+            let kept = self.tmp.path().to_path_buf();
+            std::mem::forget(std::mem::replace(
+                &mut self.tmp,
+                tempfile::tempdir().unwrap(),
+            ));
+            eprintln!("lab kept in {}", kept.display());
+        }
     }
 }
 

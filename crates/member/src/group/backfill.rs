@@ -1,8 +1,10 @@
-//! Filling a new copy of a placement group: its primary copies every chunk of the group,
-//! chunk by chunk under the chunk's write lock (so live writes, which also go to the new
-//! copy, cannot be overtaken by an older copied chunk), then proposes `PgInSync`. The
-//! command is refused if the group changed meanwhile (its `pg_epoch`), and the next scan
-//! starts over.
+//! Filling a copy of a placement group: its primary copies the group's chunks, chunk by
+//! chunk under the chunk's write lock (so live writes, which also go to the new copy, cannot
+//! be overtaken by an older copied chunk), then proposes `PgInSync`. The command is refused
+//! if the group changed meanwhile (its `pg_epoch`), and the next scan starts over.
+//!
+//! A copy that comes back after being away gets only the chunks written meanwhile when the
+//! primary recorded them (see `dirty`); a new or wiped copy gets every chunk.
 
 use super::{Fail, Group};
 use control::{Command, Outcome, CHUNK_BYTES, PG_COUNT};
@@ -14,6 +16,9 @@ use std::time::Duration;
 
 /// Start a fill for every copy this member is primary of that is not in sync yet.
 pub fn scan(group: &Arc<Group>) {
+    if !group.is_ready() {
+        return;
+    }
     let state = group.state();
     for (&replicas, table) in &state.layout.tables {
         for pg in 0..table.map.pg_count {
@@ -30,14 +35,49 @@ pub fn scan(group: &Arc<Group>) {
                     continue;
                 }
                 let (g, pg_epoch) = (group.clone(), table.pg_epoch(pg));
+                let copy_id = state
+                    .members
+                    .values()
+                    .find(|m| m.node_id == target)
+                    .map(|m| m.copy_id.clone())
+                    .unwrap_or_default();
                 tokio::spawn(async move {
                     let slot = g.fill_slots.clone().acquire_owned().await;
                     let missed = g.missed_writes(pg, target);
-                    let done = fill(&g, replicas, pg, target, pg_epoch).await;
+                    // Writes from this epoch on reach the copy live (or void this fill).
+                    let started = g.epoch();
+                    let resync = g.dirty.resync(replicas, pg, target, &copy_id);
+                    tracing::debug!(
+                        pg,
+                        target,
+                        changed = resync.as_ref().map(|r| r.chunks.len()),
+                        "filling a copy (only the changed chunks when counted)"
+                    );
+                    let done = fill(&g, replicas, pg, target, pg_epoch, resync.as_ref()).await;
                     drop(slot);
                     match done {
                         Ok(bytes) => {
-                            declare(&g, replicas, pg, target, pg_epoch, missed, bytes).await
+                            let late = resync
+                                .as_ref()
+                                .map_or(0, |r| g.dirty.late(replicas, pg, target, started, r));
+                            if late > 0 {
+                                tracing::debug!(
+                                    pg,
+                                    target,
+                                    late,
+                                    "writes recorded late; resyncing again"
+                                );
+                            } else {
+                                let fill = Fill {
+                                    replicas,
+                                    pg,
+                                    target,
+                                    pg_epoch,
+                                    missed,
+                                    bytes,
+                                };
+                                declare(&g, fill).await
+                            }
                         }
                         Err(f) => {
                             tracing::debug!(pg, target, fail = ?f, "fill stopped; retrying later");
@@ -51,17 +91,28 @@ pub fn scan(group: &Arc<Group>) {
     }
 }
 
-/// Propose the filled copy in sync, with the group's writes held back so none can reach
-/// the copy as a best-effort write (whose failure would go unnoticed) once it counts.
-async fn declare(
-    g: &Arc<Group>,
+/// A fill that copied everything it had to.
+struct Fill {
     replicas: u8,
     pg: u32,
     target: u64,
     pg_epoch: u64,
+    /// The target's missed-write count when the fill began.
     missed: u64,
     bytes: u64,
-) {
+}
+
+/// Propose the filled copy in sync, with the group's writes held back so none can reach
+/// the copy as a best-effort write (whose failure would go unnoticed) once it counts.
+async fn declare(g: &Arc<Group>, fill: Fill) {
+    let Fill {
+        replicas,
+        pg,
+        target,
+        pg_epoch,
+        missed,
+        bytes,
+    } = fill;
     let _gate = g.gate(pg).write().await;
     if g.missed_writes(pg, target) != missed {
         tracing::debug!(
@@ -97,21 +148,39 @@ async fn declare(
     }
 }
 
-/// Copy every chunk of `pg` (all volumes of the class) to `target`; the bytes sent.
+/// Copy the chunks of `pg` (all volumes of the class) to `target`: those in `resync`, or
+/// every one; the bytes sent.
 async fn fill(
     g: &Arc<Group>,
     replicas: u8,
     pg: u32,
     target: u64,
     pg_epoch: u64,
+    resync: Option<&super::dirty::Resync>,
 ) -> Result<u64, Fail> {
     let mut sent = 0;
     for (v, chunks) in chunks_of(g, replicas, pg) {
         for chunk in chunks {
+            if resync.is_some_and(|r| !r.chunks.contains(&(v.id, chunk))) {
+                continue;
+            }
             sent += fill_chunk(g, &v, replicas, pg, target, pg_epoch, chunk).await?;
         }
     }
-    Ok(sent)
+    // A copy that had nothing to receive must still be there to count.
+    match g
+        .call(
+            target,
+            0,
+            Message::Ping {
+                nonce: u64::from(pg),
+            },
+        )
+        .await?
+    {
+        Message::Pong { .. } => Ok(sent),
+        other => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
+    }
 }
 
 async fn fill_chunk(

@@ -2,7 +2,10 @@
 //! when it has not answered for [`DOWN_AFTER`], and up again once it answers.
 //!
 //! Marking down is a committed command (`MemberDown`): it takes the member's copies out of
-//! the in-sync sets and moves its placement groups, in a new epoch.
+//! the in-sync sets in a new epoch, so its placement groups fail over to their other copies.
+//! A member down for longer than the group's `down_out` is marked out (`MemberOut`) and its
+//! groups get new copies elsewhere. The leader also finishes removals: a member being
+//! removed that holds no copy any more is forgotten and leaves the control plane.
 
 use super::Group;
 use control::Command;
@@ -30,6 +33,8 @@ pub async fn run(group: Arc<Group>) {
     let mut last_load_poll = Instant::now();
     let mut last_scan = Instant::now();
     let mut nonce = 0u64;
+    // When this member (as leader) first saw each member down.
+    let mut down_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PING_EVERY).await;
         let state = group.state();
@@ -64,19 +69,30 @@ pub async fn run(group: Arc<Group>) {
             let watching = started;
             let last: HashMap<u64, Instant> = group.last_ok.lock().unwrap().clone();
             for m in state.members.values() {
-                if m.node_id == group.node {
+                // The leader judges others' liveness, and finishes its own removal too.
+                if m.node_id == group.node && !m.removing {
                     continue;
                 }
                 let heard = last.get(&m.node_id).copied();
                 let silent = heard.map_or(watching, |t| t.max(watching)).elapsed();
-                let cmd = if !m.down && silent > DOWN_AFTER {
-                    Command::MemberDown {
-                        name: m.name.clone(),
-                    }
-                } else if m.down && heard.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                    Command::MemberUp {
-                        name: m.name.clone(),
-                    }
+                if !m.down {
+                    down_since.remove(&m.name);
+                }
+                let since = *down_since
+                    .entry(m.name.clone())
+                    .or_insert_with(Instant::now);
+                let back = heard.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                let name = m.name.clone();
+                let cmd = if m.removing && !state.holds_copies(m.node_id) {
+                    Command::ForgetMember { name }
+                } else if m.node_id == group.node {
+                    continue;
+                } else if !m.down && silent > DOWN_AFTER {
+                    Command::MemberDown { name }
+                } else if m.down && back {
+                    Command::MemberUp { name }
+                } else if m.down && !m.out && since.elapsed() > group.down_out {
+                    Command::MemberOut { name }
                 } else {
                     continue;
                 };
@@ -84,10 +100,20 @@ pub async fn run(group: Arc<Group>) {
                     continue;
                 }
                 let (ctl, name, busy) = (group.control.clone(), m.name.clone(), proposing.clone());
+                let node = m.node_id;
                 tokio::spawn(async move {
-                    tracing::warn!(member = %name, ?cmd, "member liveness changed");
-                    if let Err(e) = ctl.write(cmd).await {
-                        tracing::warn!(member = %name, error = %e, "cannot record the member's liveness");
+                    tracing::warn!(member = %name, ?cmd, "member state changed");
+                    let forget = matches!(cmd, Command::ForgetMember { .. });
+                    match ctl.write(cmd).await {
+                        Ok(control::Outcome::Ok) if forget => {
+                            if let Err(e) = leave_control_plane(&ctl, node).await {
+                                tracing::warn!(member = %name, error = %e, "cannot take the removed member out of the control plane");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(member = %name, error = %e, "cannot record the member's state")
+                        }
                     }
                     busy.lock().unwrap().remove(&name);
                 });
@@ -99,6 +125,23 @@ pub async fn run(group: Arc<Group>) {
             super::backfill::scan(&group);
         }
     }
+}
+
+/// Take a forgotten member out of Raft; a voter's seat goes to a learner when there is one,
+/// so the control plane keeps its number of voters.
+async fn leave_control_plane(
+    ctl: &control::ControlPlane,
+    node: u64,
+) -> Result<(), control::ControlError> {
+    let before = ctl.membership();
+    let was_voter = before.iter().any(|n| n.node_id == node && n.voter);
+    ctl.remove_node(node).await?;
+    if was_voter {
+        if let Some(learner) = before.iter().find(|n| !n.voter && n.node_id != node) {
+            ctl.add_voter(learner.node_id, learner.addr.clone()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Ask every other up member for its session count (for login redirection).
@@ -117,6 +160,7 @@ fn poll_loads(group: &Arc<Group>, state: &control::ClusterState) {
             .await;
             if let Ok(Ok(l)) = load {
                 g.loads.lock().unwrap().insert(node, l.sessions);
+                g.fills.lock().unwrap().insert(node, l.in_use);
             }
         });
     }

@@ -22,6 +22,7 @@
 
 mod backfill;
 mod device;
+mod dirty;
 mod liveness;
 mod server;
 
@@ -134,16 +135,30 @@ pub struct Group {
     pub resync_bytes: AtomicU64,
     /// Sessions on each other member, polled for login redirection.
     pub loads: Mutex<HashMap<u64, usize>>,
+    /// Bytes in use in each other member's pool, polled with the loads.
+    pub fills: Mutex<HashMap<u64, u64>>,
     /// The (replica class, placement group) copies this member held at the last state;
     /// `None` before the first, so a member that starts discards whatever it no longer
     /// holds.
     held: Mutex<Option<HashSet<(u8, u32)>>>,
     /// Fills this member runs at once, so a rebalance does not starve initiators.
     pub(crate) fill_slots: Arc<tokio::sync::Semaphore>,
+    /// Chunks written while copies were away, so their return resyncs only those.
+    pub(crate) dirty: dirty::DirtyRecords,
+    /// Set once this member's restart is recorded (`MemberUp`): before, its own in-sync
+    /// marks are leftovers and it must neither fill nor keep dirty records.
+    ready: AtomicBool,
+    /// How long a down member keeps its groups (see `MemberConfig::down_out`).
+    down_out: Duration,
 }
 
 impl Group {
-    pub fn new(node: u64, control: ControlPlane, store: Arc<Store>) -> Arc<Self> {
+    pub fn new(
+        node: u64,
+        control: ControlPlane,
+        store: Arc<Store>,
+        down_out: Duration,
+    ) -> Arc<Self> {
         let state = control.state();
         let epoch = state.layout.epoch;
         Arc::new(Group {
@@ -172,8 +187,12 @@ impl Group {
             missed: Mutex::new(HashMap::new()),
             resync_bytes: AtomicU64::new(0),
             loads: Mutex::new(HashMap::new()),
+            fills: Mutex::new(HashMap::new()),
             held: Mutex::new(None),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(FILLS_AT_ONCE)),
+            dirty: dirty::DirtyRecords::new(node),
+            ready: AtomicBool::new(false),
+            down_out,
         })
     }
 
@@ -198,12 +217,27 @@ impl Group {
         self.alone.load(Ordering::Acquire)
     }
 
+    /// This member's restart is recorded in the group: from now on its in-sync marks are
+    /// its own, so it fills copies and keeps dirty-region records.
+    pub fn set_ready(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        let state = self.control.state();
+        self.observe(state);
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Follow a newly applied state (after the registry reconciled its volumes).
     pub fn observe(self: &Arc<Self>, state: Arc<ClusterState>) {
         let epoch = state.layout.epoch;
         self.alone
             .store(state.members.len() <= 1, Ordering::Release);
-        *self.state.write().unwrap() = state;
+        let prev = std::mem::replace(&mut *self.state.write().unwrap(), state.clone());
+        // Until ready, `prev` is not a state this member was in sync under.
+        let prev = self.is_ready().then_some(&*prev);
+        self.dirty.observe(prev, &state);
         self.epoch.store(epoch, Ordering::Release);
         self.epoch_tx.send_if_modified(|e| {
             let changed = *e != epoch;
@@ -577,7 +611,7 @@ impl Group {
 
     /// Check that this member is the primary of `pg` for `volume` at `epoch`; the copies to
     /// write to (other than this one) and whether each must answer.
-    fn as_primary(&self, volume: u64, pg: u32, epoch: u64) -> Result<Vec<(u64, bool)>, Fail> {
+    fn as_primary(&self, volume: u64, pg: u32, epoch: u64) -> Result<Copies, Fail> {
         let state = self.state();
         if state.layout.epoch != epoch {
             return Err(Fail::Stale {
@@ -602,17 +636,27 @@ impl Group {
             .filter(|m| m.down)
             .map(|m| m.node_id)
             .collect();
-        Ok(table
+        let mut skipped = Vec::new();
+        let others = table
             .copies(pg)
             .into_iter()
             .filter(|m| *m != self.node)
             .filter_map(|m| {
                 let must = table.is_in_sync(pg, m);
                 // A down copy that is in sync is the last one of a group this member is not
-                // primary of; a down copy being filled is skipped (the backfill restarts).
-                (!down.contains(&m) || must).then_some((m, must))
+                // primary of; a down copy being filled is skipped, and its fill restarts.
+                if down.contains(&m) && !must {
+                    skipped.push(m);
+                    return None;
+                }
+                Some((m, must))
             })
-            .collect())
+            .collect();
+        Ok(Copies {
+            replicas: v.replicas,
+            others,
+            skipped,
+        })
     }
 
     /// Run a change of the bytes `at` at the primary: under their range locks, locally,
@@ -634,9 +678,14 @@ impl Group {
         let _range = self.write_range(volume, offset, len).await;
         let copies = self.as_primary(volume, pg, epoch)?;
         let vol = self.local(volume)?;
+        for node in copies.skipped {
+            self.backfills_restart(pg, node);
+        }
+        let replicas = copies.replicas;
+        self.dirty.record(replicas, pg, volume, offset, len, epoch);
         blocking(move || local(vol)).await?;
         let mut tasks = tokio::task::JoinSet::new();
-        for (node, must) in copies {
+        for (node, must) in copies.others {
             if fault_injected() {
                 continue;
             }
@@ -650,6 +699,8 @@ impl Group {
             };
             if let Err(f) = result {
                 if must {
+                    self.dirty
+                        .unconfirmed(replicas, pg, node, volume, offset, len, epoch);
                     failed = Some(f);
                 } else {
                     tracing::debug!(
@@ -806,6 +857,16 @@ impl Group {
             .get(&node)
             .is_some_and(|t| t.elapsed() <= within)
     }
+}
+
+/// The copies a primary writes to besides its own.
+struct Copies {
+    /// The volume's replica class.
+    replicas: u8,
+    /// (member, whether it must answer: its copy is in sync).
+    others: Vec<(u64, bool)>,
+    /// Copies being filled that are down: they miss this write.
+    skipped: Vec<u64>,
 }
 
 /// `HAVEN_FAULT_NO_REPLICATION=1` makes primaries skip their replicas: the fault the

@@ -19,18 +19,29 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         Message::ReplicaWrite(op) => {
             let _chunk = group.replica_lock_of(op.volume, op.offset).read().await;
             match copy_of(&group, op.volume, op.pg) {
-                Ok(vol) => blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
-                    .await
-                    .map(|()| Message::Ok),
+                Ok((vol, replicas)) => {
+                    let len = op.data.len() as u64;
+                    group
+                        .dirty
+                        .record(replicas, op.pg, op.volume, op.offset, len, epoch);
+                    blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
+                        .await
+                        .map(|()| Message::Ok)
+                }
                 Err(f) => Err(f),
             }
         }
         Message::ReplicaUnmap(r) => {
             let _chunk = group.replica_lock_of(r.volume, r.offset).read().await;
             match copy_of(&group, r.volume, r.pg) {
-                Ok(vol) => blocking(move || unmap_local(&vol, r.offset, r.len))
-                    .await
-                    .map(|()| Message::Ok),
+                Ok((vol, replicas)) => {
+                    group
+                        .dirty
+                        .record(replicas, r.pg, r.volume, r.offset, r.len, epoch);
+                    blocking(move || unmap_local(&vol, r.offset, r.len))
+                        .await
+                        .map(|()| Message::Ok)
+                }
                 Err(f) => Err(f),
             }
         }
@@ -47,8 +58,9 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
     result.unwrap_or_else(|f| f.to_message())
 }
 
-/// The local volume when this member holds (or is being given) a copy of `pg`.
-fn copy_of(group: &Group, volume: u64, pg: u32) -> Result<Arc<store::Volume>, Fail> {
+/// The local volume and its replica class when this member holds (or is being given) a
+/// copy of `pg`.
+fn copy_of(group: &Group, volume: u64, pg: u32) -> Result<(Arc<store::Volume>, u8), Fail> {
     let state = group.state();
     let Some(v) = state.volume_by_id(volume) else {
         return Err(Fail::Refused(format!("no volume {volume}")));
@@ -62,5 +74,5 @@ fn copy_of(group: &Group, volume: u64, pg: u32) -> Result<Arc<store::Volume>, Fa
             group.node
         )));
     }
-    group.local(volume)
+    Ok((group.local(volume)?, v.replicas))
 }
