@@ -22,6 +22,7 @@
 //! | POST | `/v1/volumes/{name}/restore` | [`Restore`] → [`VolumeView`] |
 //! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → [`VolumeView`] |
 //! | POST | `/v1/volumes/{name}/scrub` | → [`ScrubView`] |
+//! | GET | `/v1/volumes/{name}/copies` | → [`CopyDigests`] (this member's complete copies) |
 //! | PUT | `/v1/volumes/{name}/snapshot-reserve` | [`SetSnapshotReserve`] → [`VolumeView`] |
 //! | POST, GET | `/v1/volumes/{name}/flatten` | → [`FlattenView`] (starts / reports a background flatten) |
 //! | GET, POST | `/v1/hosts` | → `[HostView]` / [`control::Host`] (a host agent registers) |

@@ -260,6 +260,28 @@ pub struct ScrubView {
     pub repaired: u64,
 }
 
+/// The CRC32C of every chunk of a volume that one member holds a complete copy of, read
+/// from its own store (not through the group): comparing members' answers for a quiet
+/// volume shows whether any copy diverged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyDigests {
+    pub member: String,
+    pub volume: String,
+    pub chunk_bytes: u64,
+    pub chunks: Vec<ChunkDigest>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkDigest {
+    /// Chunk index within the volume.
+    pub chunk: u64,
+    pub pg: u32,
+    pub crc32c: u32,
+    /// This member is the chunk's primary.
+    #[serde(default)]
+    pub primary: bool,
+}
+
 /// A member's pool as its store sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolView {

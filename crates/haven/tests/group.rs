@@ -82,10 +82,7 @@ fn wait_settled(lab: &Lab, limit: Duration) -> u64 {
     let t = Instant::now();
     loop {
         let views = every_view(lab, &["member", "layout", "--json"]);
-        let settled = views
-            .iter()
-            .all(|v| v["degraded"] == 0 && v["filling"] == 0 && v["unavailable"] == 0);
-        if settled {
+        if views.iter().all(support::is_settled) {
             break;
         }
         assert!(

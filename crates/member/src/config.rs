@@ -47,6 +47,7 @@ struct Raw {
     join: Option<String>,
     peer: Option<String>,
     down_out_secs: Option<u64>,
+    io_deadline_secs: Option<u64>,
 }
 
 /// A member's settings, with defaults filled in.
@@ -68,7 +69,13 @@ pub struct MemberConfig {
     /// elsewhere (applied by whichever member leads). A member back sooner resyncs only
     /// what changed while it was away.
     pub down_out: std::time::Duration,
+    /// How long an I/O is retried while its data has no reachable primary (a member
+    /// failing over, or this member cut off) before the initiator gets an error.
+    pub io_deadline: std::time::Duration,
 }
+
+/// The default I/O deadline: the usual SCSI command timeout of an initiator.
+pub const DEFAULT_IO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The default wait before a down member's groups move: long enough for a restart or a
 /// short network outage, short enough not to run on one copy for long.
@@ -89,6 +96,7 @@ impl MemberConfig {
             join: None,
             peer: "127.0.0.1:0".into(),
             down_out: DEFAULT_DOWN_OUT,
+            io_deadline: DEFAULT_IO_DEADLINE,
         }
     }
 
@@ -144,7 +152,16 @@ impl MemberConfig {
             down_out: raw
                 .down_out_secs
                 .map_or(DEFAULT_DOWN_OUT, std::time::Duration::from_secs),
+            io_deadline: raw
+                .io_deadline_secs
+                .map_or(DEFAULT_IO_DEADLINE, std::time::Duration::from_secs),
         };
+        if cfg.io_deadline < std::time::Duration::from_secs(5) {
+            return Err(ConfigError::Value {
+                key: "io_deadline_secs",
+                message: "must be at least 5: failover takes a few seconds".into(),
+            });
+        }
         for (key, addr) in [
             ("portal", Some(&cfg.portal)),
             ("api", Some(&cfg.api)),
@@ -182,5 +199,6 @@ mod tests {
         assert_eq!(c.down_out, DEFAULT_DOWN_OUT);
         let c = MemberConfig::parse("data_dir = \"/x\"\ndown_out_secs = 7\n", p).unwrap();
         assert_eq!(c.down_out.as_secs(), 7);
+        assert!(MemberConfig::parse("data_dir = \"/x\"\nio_deadline_secs = 1\n", p).is_err());
     }
 }

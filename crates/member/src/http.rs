@@ -98,6 +98,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/v1/volumes/{name}/restore", post(restore_volume))
         .route("/v1/volumes/{name}/clone", post(clone_volume))
         .route("/v1/volumes/{name}/scrub", post(scrub_volume))
+        .route("/v1/volumes/{name}/copies", get(copy_digests))
         .route(
             "/v1/volumes/{name}/snapshot-reserve",
             put(set_snapshot_reserve),
@@ -717,6 +718,32 @@ async fn wait_restored(m: &Member, v: &control::Volume) -> Result<(), ApiError> 
         m.registry.restored_generation(v.id) >= v.restore_generation
     })
     .await
+}
+
+/// CRC32C per chunk of this member's complete copies of a volume (see [`api::CopyDigests`]).
+async fn copy_digests(
+    State(m): State<Arc<Member>>,
+    Path(name): Path<String>,
+) -> ApiResult<api::CopyDigests> {
+    let state = m.control.state();
+    let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
+    let id = v.id;
+    let Some(group) = m.registry.group() else {
+        return Err(refused(
+            RefusalKind::Busy,
+            "this member has not joined the group's data path yet".into(),
+        ));
+    };
+    let chunks = tokio::task::spawn_blocking(move || group.copy_digests(id))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(api::CopyDigests {
+        member: m.config.name.clone(),
+        volume: name,
+        chunk_bytes: control::CHUNK_BYTES,
+        chunks,
+    }))
 }
 
 async fn scrub_volume(

@@ -161,7 +161,10 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         config.node_id,
         control.clone(),
         registry.store().clone(),
-        config.down_out,
+        group::Timing {
+            down_out: config.down_out,
+            io_deadline: config.io_deadline,
+        },
     );
     registry.attach_group(group.clone());
 

@@ -426,6 +426,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The group data path, once attached.
+    pub fn group(&self) -> Option<Arc<crate::group::Group>> {
+        self.group.get().cloned()
+    }
+
     /// Bytes in use in other members' pools, by node id, as last polled.
     pub fn peer_fills(&self) -> HashMap<u64, u64> {
         self.group

@@ -42,8 +42,9 @@
 //!
 //! A Flush forwarded to a primary becomes a ReplicaFlush to each of its replicas, answered
 //! once all are durable; a FUA write is durable on every copy before its Ok. A replica that
-//! was away asks the primary `DirtyQuery{pgs}` and copies back the regions it is told
-//! (`DirtyRegions`), reading them with `Read` under the current epoch.
+//! was away is filled by the primary, which asks it `DirtyQuery{pgs}` first: the answer
+//! (`DirtyRegions`) names the chunks it changed on its own and never got confirmed by its
+//! replicas (as a cut-off primary), so the fill overwrites them too.
 
 pub mod engine;
 pub mod error;

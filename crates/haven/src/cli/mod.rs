@@ -1,5 +1,6 @@
 //! The command line: clap definitions and dispatch.
 
+mod copies;
 mod host;
 mod member;
 mod snapshot;

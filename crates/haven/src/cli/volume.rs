@@ -71,6 +71,13 @@ pub enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the copies of a quiet volume across members: CRC32C of every chunk as each
+    /// member's own store holds it. Fails when any two complete copies differ.
+    VerifyCopies {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// A new writable volume from a snapshot, instant, sharing unchanged data.
     Clone {
         /// VOLUME@SNAPSHOT
@@ -349,6 +356,9 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
                 .await?;
             print(&v, c.json)
         }
+        VolumeCommand::VerifyCopies { name, json } => {
+            super::copies::verify(&client, &name, json).await
+        }
         VolumeCommand::Scrub { name, json } => {
             let r: api::ScrubView = client
                 .post(
@@ -464,7 +474,7 @@ pub fn checked(name: &str) -> anyhow::Result<&str> {
 }
 
 /// Volume names go into URL paths; refuse anything that is not a plain name.
-fn enc(name: &str) -> anyhow::Result<&str> {
+pub(super) fn enc(name: &str) -> anyhow::Result<&str> {
     if name.is_empty()
         || !name
             .bytes()

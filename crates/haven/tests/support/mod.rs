@@ -4,6 +4,7 @@
 
 pub mod guests;
 pub mod initiator;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,6 +32,21 @@ pub fn haven(args: &[&str], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().expect("run haven")
+}
+
+/// `haven member layout --json` as the member at `api` answers it (Null when it does not).
+pub fn layout_at(api: &str) -> serde_json::Value {
+    let o = haven(&["member", "layout", "--json"], &[("HAVEN_API", api)]);
+    if o.status.success() {
+        serde_json::from_slice(&o.stdout).unwrap()
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// A layout view with nothing degraded, being filled or unavailable.
+pub fn is_settled(layout: &serde_json::Value) -> bool {
+    layout["degraded"] == 0 && layout["filling"] == 0 && layout["unavailable"] == 0
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -46,7 +46,16 @@ pub fn scan(group: &Arc<Group>) {
                     let missed = g.missed_writes(pg, target);
                     // Writes from this epoch on reach the copy live (or void this fill).
                     let started = g.epoch();
-                    let resync = g.dirty.resync(replicas, pg, target, &copy_id);
+                    let resync = match g.dirty.resync(replicas, pg, target, &copy_id) {
+                        Some(r) => own_changes(&g, pg, target, started, r).await,
+                        None => Ok(None),
+                    };
+                    let Ok(resync) = resync else {
+                        drop(slot);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        g.backfills.lock().unwrap().remove(&key);
+                        return;
+                    };
                     tracing::debug!(
                         pg,
                         target,
@@ -88,6 +97,27 @@ pub fn scan(group: &Arc<Group>) {
                 });
             }
         }
+    }
+}
+
+/// Add to `resync` the chunks the target changed alone (as a cut-off primary): they must
+/// be overwritten too.
+async fn own_changes(
+    g: &Arc<Group>,
+    pg: u32,
+    target: u64,
+    epoch: u64,
+    mut resync: super::dirty::Resync,
+) -> Result<Option<super::dirty::Resync>, Fail> {
+    match g
+        .call(target, epoch, Message::DirtyQuery { pgs: vec![pg] })
+        .await?
+    {
+        Message::DirtyRegions(regions) => {
+            resync.add_regions(&regions);
+            Ok(Some(resync))
+        }
+        other => Err(Fail::Refused(format!("unexpected answer {other:?}"))),
     }
 }
 

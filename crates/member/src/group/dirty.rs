@@ -48,6 +48,11 @@ struct PgRecords {
     /// Chunks whose write to an in-sync copy failed (the write was retried or abandoned),
     /// by copy: they join that copy's records when it leaves the in-sync set.
     unconfirmed: HashMap<u64, HashMap<ChunkId, u64>>,
+    /// Chunks this member changed as primary that some in-sync copy never confirmed: if
+    /// it was cut off, its copy may hold writes nobody acknowledged, and its own fill must
+    /// overwrite them (it tells the filling primary, `DirtyQuery`). Kept until this member
+    /// is filled back in sync.
+    own_unconfirmed: HashSet<ChunkId>,
 }
 
 /// The chunks a copy missed since it left the in-sync set.
@@ -71,6 +76,17 @@ pub struct DirtyRecords {
 #[derive(Debug, Clone)]
 pub struct Resync {
     pub chunks: HashSet<ChunkId>,
+}
+
+impl Resync {
+    /// Add the chunks the target reports it changed alone.
+    pub fn add_regions(&mut self, regions: &[peer::Region]) {
+        for r in regions {
+            let first = r.offset / CHUNK_BYTES;
+            let last = (r.offset + r.len.max(1) - 1) / CHUNK_BYTES;
+            self.chunks.extend((first..=last).map(|c| (r.volume, c)));
+        }
+    }
 }
 
 impl DirtyRecords {
@@ -132,7 +148,17 @@ impl DirtyRecords {
         for chunk in first..=last {
             let e = set.entry((volume, chunk)).or_insert(epoch);
             *e = (*e).max(epoch);
+            records.own_unconfirmed.insert((volume, chunk));
         }
+    }
+
+    /// The chunks of group `pg` (every replica class) this member changed and never got
+    /// confirmed by its copies.
+    pub fn own_unconfirmed(&self, pg: u32) -> Vec<ChunkId> {
+        let slot = self.slot(pg).lock().unwrap();
+        slot.values()
+            .flat_map(|r| r.own_unconfirmed.iter().copied())
+            .collect()
     }
 
     /// Follow the step from `prev` to `now`: start records for copies that just left the
@@ -148,6 +174,13 @@ impl DirtyRecords {
                     records.absent.clear();
                     records.unconfirmed.clear();
                     continue;
+                }
+                // Filled back in sync: the fill overwrote what it changed alone.
+                let filled = prev
+                    .and_then(|p| p.table(replicas))
+                    .is_some_and(|t| !t.is_in_sync(pg, me));
+                if filled {
+                    records.own_unconfirmed.clear();
                 }
                 // One step for this group: it changed at most once since `prev`. Otherwise
                 // this member cannot tell whether it stayed in sync throughout.
@@ -388,5 +421,38 @@ mod tests {
         assert_eq!(records.late(2, pg, 3, e + 1, &copied), 0, "sent live");
         records.record(2, pg, 1, 2 * CHUNK_BYTES, 512, e);
         assert_eq!(records.late(2, pg, 3, e + 1, &copied), 1);
+    }
+
+    #[test]
+    fn what_a_cut_off_primary_changed_alone_stays_until_it_is_filled() {
+        let s0 = group();
+        let pg = shared_pg(&s0, 1, 3);
+        let records = DirtyRecords::new(3);
+        records.observe(None, &s0);
+        records.unconfirmed(2, pg, 1, 7, 3 * CHUNK_BYTES, 4096, s0.layout.epoch);
+        assert_eq!(records.own_unconfirmed(pg), vec![(7, 3)]);
+
+        // The group drops this member; it is still what it changed alone.
+        let mut s1 = s0.clone();
+        s1.apply(Command::MemberDown {
+            name: "member-3".into(),
+        });
+        s1.apply(Command::MemberUp {
+            name: "member-3".into(),
+        });
+        records.observe(Some(&s0), &s1);
+        assert_eq!(records.own_unconfirmed(pg), vec![(7, 3)]);
+
+        // Filled back in sync: the fill overwrote it.
+        let mut s2 = s1.clone();
+        let pg_epoch = s1.table(2).unwrap().pg_epoch(pg);
+        s2.apply(Command::PgInSync {
+            replicas: 2,
+            pg,
+            node: 3,
+            pg_epoch,
+        });
+        records.observe(Some(&s1), &s2);
+        assert!(records.own_unconfirmed(pg).is_empty());
     }
 }

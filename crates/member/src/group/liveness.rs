@@ -91,7 +91,7 @@ pub async fn run(group: Arc<Group>) {
                     Command::MemberDown { name }
                 } else if m.down && back {
                     Command::MemberUp { name }
-                } else if m.down && !m.out && since.elapsed() > group.down_out {
+                } else if m.down && !m.out && since.elapsed() > group.timing.down_out {
                     Command::MemberOut { name }
                 } else {
                     continue;

@@ -22,6 +22,7 @@
 
 mod backfill;
 mod device;
+mod digest;
 mod dirty;
 mod liveness;
 mod server;
@@ -49,10 +50,6 @@ const LOCK_UNIT: u64 = 4096;
 
 /// Placement groups one member fills at once.
 const FILLS_AT_ONCE: usize = 2;
-
-/// How long a front-end keeps retrying an I/O whose placement group has no reachable
-/// primary before it reports an error to the initiator.
-const IO_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Why one attempt at a group operation did not complete.
 #[derive(Debug)]
@@ -148,17 +145,21 @@ pub struct Group {
     /// Set once this member's restart is recorded (`MemberUp`): before, its own in-sync
     /// marks are leftovers and it must neither fill nor keep dirty records.
     ready: AtomicBool,
-    /// How long a down member keeps its groups (see `MemberConfig::down_out`).
-    down_out: Duration,
+    timing: Timing,
+}
+
+/// The group's waits, from the member's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a down member keeps its groups (`MemberConfig::down_out`).
+    pub down_out: Duration,
+    /// How long an I/O whose placement group has no reachable primary is retried before
+    /// the initiator gets an error (`MemberConfig::io_deadline`).
+    pub io_deadline: Duration,
 }
 
 impl Group {
-    pub fn new(
-        node: u64,
-        control: ControlPlane,
-        store: Arc<Store>,
-        down_out: Duration,
-    ) -> Arc<Self> {
+    pub fn new(node: u64, control: ControlPlane, store: Arc<Store>, timing: Timing) -> Arc<Self> {
         let state = control.state();
         let epoch = state.layout.epoch;
         Arc::new(Group {
@@ -192,7 +193,7 @@ impl Group {
             fill_slots: Arc::new(tokio::sync::Semaphore::new(FILLS_AT_ONCE)),
             dirty: dirty::DirtyRecords::new(node),
             ready: AtomicBool::new(false),
-            down_out,
+            timing,
         })
     }
 
@@ -545,7 +546,7 @@ impl Group {
     }
 
     /// Run `attempt` against the primary of `pg` (itself when this member is), under the
-    /// epoch it was found in, until it succeeds, the device fails or [`IO_DEADLINE`].
+    /// epoch it was found in, until it succeeds, the device fails or the I/O deadline passes.
     async fn at_primary<T, F, Fut>(
         self: &Arc<Self>,
         volume: u64,
@@ -556,7 +557,7 @@ impl Group {
         F: FnMut(Arc<Self>, u64, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, Fail>>,
     {
-        let deadline = Instant::now() + IO_DEADLINE;
+        let deadline = Instant::now() + self.timing.io_deadline;
         loop {
             let seen = self.epoch();
             let result = match self.primary_of(volume, pg) {
@@ -573,7 +574,7 @@ impl Group {
     /// Make every acknowledged write of `volume` durable: every up member syncs its journal
     /// (writes are acknowledged once every in-sync copy holds them, so this covers all).
     pub async fn flush(self: &Arc<Self>, volume: u64) -> Result<(), DeviceError> {
-        let deadline = Instant::now() + IO_DEADLINE;
+        let deadline = Instant::now() + self.timing.io_deadline;
         loop {
             let seen = self.epoch();
             let state = self.state();

@@ -50,6 +50,22 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
             .await
             .map(|(mapped, len)| Message::Provisioning { mapped, len }),
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
+        Message::DirtyQuery { pgs } => Ok(Message::DirtyRegions(
+            pgs.iter()
+                .flat_map(|&pg| {
+                    group
+                        .dirty
+                        .own_unconfirmed(pg)
+                        .into_iter()
+                        .map(move |(volume, chunk)| peer::Region {
+                            volume,
+                            pg,
+                            offset: chunk * control::CHUNK_BYTES,
+                            len: control::CHUNK_BYTES,
+                        })
+                })
+                .collect(),
+        )),
         other => Err(Fail::Refused(format!(
             "request kind {:#04x} is not served",
             other.kind()
