@@ -299,12 +299,17 @@ impl ClusterState {
         Outcome::Ok
     }
 
-    /// A member is back (or restarted): its copies may lack writes it acknowledged but had
-    /// not synced, so it leaves the in-sync sets (except last copies) and is copied to again.
-    pub(crate) fn apply_member_up(&mut self, name: &str) -> Outcome {
+    /// A member is back (or restarted): its copies may lack writes, so it leaves the
+    /// in-sync sets (except last copies) and is filled again. The leader's word that it
+    /// hears a member that is not down is a no-op: repeated, it would send copies that were
+    /// just filled round again.
+    pub(crate) fn apply_member_up(&mut self, name: &str, restarted: bool) -> Outcome {
         let Some(m) = self.members.get_mut(name) else {
             return refuse(RefusalKind::NotFound, format!("no member named {name}"));
         };
+        if !m.down && !restarted {
+            return Outcome::Ok;
+        }
         m.down = false;
         m.out = false;
         let node = m.node_id;
@@ -542,9 +547,28 @@ mod tests {
 
         s.apply(Command::MemberUp {
             name: "member-3".into(),
+            restarted: false,
         });
         assert!(planned_on(&s, 3) > 0, "it gets groups again");
         assert_eq!(in_sync_on(&s, 3), 0, "which are filled before they count");
+    }
+
+    #[test]
+    fn only_a_restart_drops_the_copies_of_a_member_that_is_up() {
+        let mut s = group();
+        let held = in_sync_on(&s, 2);
+        let up = |restarted| Command::MemberUp {
+            name: "member-2".into(),
+            restarted,
+        };
+        s.apply(up(false));
+        assert_eq!(
+            in_sync_on(&s, 2),
+            held,
+            "heard again while up: nothing changes"
+        );
+        s.apply(up(true));
+        assert_eq!(in_sync_on(&s, 2), 0, "restarted: filled again");
     }
 
     #[test]

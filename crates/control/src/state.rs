@@ -264,9 +264,13 @@ pub enum Command {
     MemberDown {
         name: String,
     },
-    /// A member is reachable again, or restarted.
+    /// A member is reachable again (the leader heard it), or restarted (it says so itself:
+    /// its copies may lack writes it had not synced, so they are filled again even if the
+    /// group never noticed it was gone).
     MemberUp {
         name: String,
+        #[serde(default)]
+        restarted: bool,
     },
     /// A member stayed down past the group's wait: its placement groups move elsewhere.
     MemberOut {
@@ -372,7 +376,7 @@ impl ClusterState {
                 self.apply_register_member(m)
             }
             Command::MemberDown { name } => self.apply_member_down(&name),
-            Command::MemberUp { name } => self.apply_member_up(&name),
+            Command::MemberUp { name, restarted } => self.apply_member_up(&name, restarted),
             Command::MemberOut { name } => self.apply_member_out(&name),
             Command::RemoveMember { name } => self.apply_remove_member(&name),
             Command::ForgetMember { name } => self.apply_forget_member(&name),

@@ -229,7 +229,13 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         // Register, then say this member (re)started: copies it held may lack writes it had
         // not synced, so they leave the in-sync sets before it serves peers again.
         let name = record.name.clone();
-        for cmd in [Command::RegisterMember(record), Command::MemberUp { name }] {
+        for cmd in [
+            Command::RegisterMember(record),
+            Command::MemberUp {
+                name,
+                restarted: true,
+            },
+        ] {
             while let Err(e) = ctl.write(cmd.clone()).await {
                 tracing::warn!(error = %e, "cannot register in the group yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

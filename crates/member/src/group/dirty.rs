@@ -350,6 +350,7 @@ mod tests {
         let mut s2 = s1.clone();
         s2.apply(Command::MemberUp {
             name: "member-3".into(),
+            restarted: true,
         });
         records.observe(Some(&s1), &s2);
         assert!(
@@ -389,6 +390,7 @@ mod tests {
         });
         s2.apply(Command::MemberUp {
             name: "member-1".into(),
+            restarted: true,
         });
         let t = s2.table(2).unwrap().clone();
         if t.backfills(pg).contains(&1) {
@@ -439,6 +441,7 @@ mod tests {
         });
         s1.apply(Command::MemberUp {
             name: "member-3".into(),
+            restarted: true,
         });
         records.observe(Some(&s0), &s1);
         assert_eq!(records.own_unconfirmed(pg), vec![(7, 3)]);

@@ -90,7 +90,10 @@ pub async fn run(group: Arc<Group>) {
                 } else if !m.down && silent > DOWN_AFTER {
                     Command::MemberDown { name }
                 } else if m.down && back {
-                    Command::MemberUp { name }
+                    Command::MemberUp {
+                        name,
+                        restarted: false,
+                    }
                 } else if m.down && !m.out && since.elapsed() > group.timing.down_out {
                     Command::MemberOut { name }
                 } else {
