@@ -95,6 +95,23 @@ pub struct VolumeView {
     pub snapshot_reserve_pct: u32,
     #[serde(default)]
     pub reserve_policy: control::ReservePolicy,
+    /// The state of the volume's copies across the group's members.
+    #[serde(default)]
+    pub replication: Option<ReplicationView>,
+}
+
+/// The placement groups a volume's chunks use (those of its replica class), as the
+/// answering member sees them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicationView {
+    /// Placement groups the volume has chunks in.
+    pub placement_groups: usize,
+    /// Groups with fewer complete copies on up members than the volume's replicas.
+    pub degraded: usize,
+    /// Copies being filled or resynced.
+    pub filling: usize,
+    /// Groups with no complete copy on an up member: their I/O waits.
+    pub unavailable: usize,
 }
 
 impl VolumeView {
@@ -117,6 +134,7 @@ impl VolumeView {
                 .map(|p| format!("{}@{}", p.volume_id, p.snapshot_id)),
             snapshot_reserve_pct: v.snapshot_reserve_pct,
             reserve_policy: v.reserve_policy,
+            replication: None,
         }
     }
 }

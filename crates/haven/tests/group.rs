@@ -340,6 +340,15 @@ fn member_loss_keeps_a_standard_initiator_writing() {
     verify_range(&lab.portal, 0, OLD_FIRST, OLD_COUNT);
     let layout = lab.ok(&["member", "layout", "--json"]);
     eprintln!("without {}: {layout}", dead[0]);
+    let replication = || -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&lab.ok(&["volume", "show", "g", "--json"]))
+            .unwrap()["replication"]
+            .clone()
+    };
+    let degraded = replication();
+    eprintln!("volume g without {}: {degraded}", dead[0]);
+    assert!(degraded["degraded"].as_u64().unwrap() > 0, "{degraded}");
+    assert_eq!(degraded["unavailable"], 0, "{degraded}");
 
     // It comes back with its store: only the chunks written while it was away (and just
     // before) are copied to it.
@@ -359,6 +368,8 @@ fn member_loss_keeps_a_standard_initiator_writing() {
         moved <= count * MIB,
         "{moved} bytes resynced: more than the writer wrote, so old data moved again"
     );
+    let healthy = replication();
+    assert_eq!(healthy["degraded"], 0, "{healthy}");
     for (_, portal) in members(&lab) {
         verify(&portal, 1, count);
         verify_range(&portal, 0, OLD_FIRST, OLD_COUNT);

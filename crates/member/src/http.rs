@@ -322,8 +322,47 @@ async fn members(State(m): State<Arc<Member>>) -> ApiResult<Vec<MemberView>> {
     Ok(Json(member_views(&m)))
 }
 
+/// The state of `v`'s placement groups (those its chunks map to).
+fn replication(state: &control::ClusterState, v: &control::Volume) -> Option<api::ReplicationView> {
+    let table = state.table(v.replicas)?;
+    let down: std::collections::HashSet<u64> = state
+        .members
+        .values()
+        .filter(|x| x.down)
+        .map(|x| x.node_id)
+        .collect();
+    let striping = placement::Striping::new(control::CHUNK_BYTES, control::PG_COUNT).ok()?;
+    let pgs: std::collections::BTreeSet<u32> = (0..v.size.div_ceil(control::CHUNK_BYTES))
+        .take(control::PG_COUNT as usize * 4)
+        .map(|c| striping.pg_of(v.placement_key(), c * control::CHUNK_BYTES))
+        .collect();
+    let mut r = api::ReplicationView {
+        placement_groups: pgs.len(),
+        ..Default::default()
+    };
+    for pg in pgs {
+        let complete = table
+            .planned(pg)
+            .filter(|n| table.is_in_sync(pg, *n) && !down.contains(n))
+            .count();
+        if complete < usize::from(v.replicas) {
+            r.degraded += 1;
+        }
+        r.filling += table
+            .backfills(pg)
+            .iter()
+            .filter(|n| !down.contains(n))
+            .count();
+        if table.primary(pg).is_none_or(|p| down.contains(&p)) {
+            r.unavailable += 1;
+        }
+    }
+    Some(r)
+}
+
 fn view(m: &Member, v: &control::Volume) -> VolumeView {
     let mut view = VolumeView::from_volume(v, m.registry.sessions_of(&v.iqn()));
+    view.replication = replication(&m.control.state(), v);
     view.space = m
         .registry
         .store()

@@ -185,6 +185,12 @@ fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
     println!("size:        {} ({} bytes)", format_size(v.size), v.size);
     println!("block size:  {}", v.block_size);
     println!("replicas:    {}", v.replicas);
+    if let Some(r) = &v.replication {
+        println!(
+            "copies:      {} placement groups, {} degraded, {} copies filling, {} unavailable",
+            r.placement_groups, r.degraded, r.filling, r.unavailable
+        );
+    }
     println!("provisioning: {}", if v.thick { "thick" } else { "thin" });
     println!(
         "acl:         {}",
