@@ -111,6 +111,20 @@ impl ClusterState {
         self.volumes.values().find(|v| v.id == id)
     }
 
+    /// The member with node id `node`.
+    pub fn member_by_node(&self, node: u64) -> Option<&crate::state::Member> {
+        self.members.values().find(|m| m.node_id == node)
+    }
+
+    /// Node ids of the members marked down.
+    pub fn down_nodes(&self) -> std::collections::HashSet<u64> {
+        self.members
+            .values()
+            .filter(|m| m.down)
+            .map(|m| m.node_id)
+            .collect()
+    }
+
     /// Members that are up (not marked down by the group).
     pub fn up_members(&self) -> impl Iterator<Item = &crate::state::Member> {
         self.members.values().filter(|m| !m.down)
@@ -173,12 +187,7 @@ impl ClusterState {
     /// in-sync sets changed get the new epoch.
     pub(crate) fn relayout(&mut self) {
         let infos = self.member_infos();
-        let down: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| m.down)
-            .map(|m| m.node_id)
-            .collect();
+        let down = self.down_nodes();
         let mut classes: Vec<u8> = self.volumes.values().map(|v| v.replicas).collect();
         classes.extend(self.layout.tables.keys().copied());
         classes.sort_unstable();
@@ -400,7 +409,7 @@ impl ClusterState {
         pg_epoch: u64,
     ) -> Outcome {
         let next = self.layout.epoch + 1;
-        if self.members.values().any(|m| m.node_id == node && m.down) {
+        if self.member_by_node(node).is_some_and(|m| m.down) {
             return refuse(
                 RefusalKind::Busy,
                 format!("member {node} is down; its copy is filled when it returns"),

@@ -245,12 +245,7 @@ async fn status(State(m): State<Arc<Member>>) -> ApiResult<GroupStatus> {
 
 async fn group_view(State(m): State<Arc<Member>>) -> ApiResult<api::GroupView> {
     let state = m.control.state();
-    let down: std::collections::HashSet<u64> = state
-        .members
-        .values()
-        .filter(|x| x.down)
-        .map(|x| x.node_id)
-        .collect();
+    let down = state.down_nodes();
     let mut view = api::GroupView {
         member: m.config.name.clone(),
         epoch: state.layout.epoch,
@@ -325,12 +320,7 @@ async fn members(State(m): State<Arc<Member>>) -> ApiResult<Vec<MemberView>> {
 /// The state of `v`'s placement groups (those its chunks map to).
 fn replication(state: &control::ClusterState, v: &control::Volume) -> Option<api::ReplicationView> {
     let table = state.table(v.replicas)?;
-    let down: std::collections::HashSet<u64> = state
-        .members
-        .values()
-        .filter(|x| x.down)
-        .map(|x| x.node_id)
-        .collect();
+    let down = state.down_nodes();
     let striping = placement::Striping::new(control::CHUNK_BYTES, control::PG_COUNT).ok()?;
     let pgs: std::collections::BTreeSet<u32> = (0..v.size.div_ceil(control::CHUNK_BYTES))
         .take(control::PG_COUNT as usize * 4)

@@ -26,21 +26,14 @@ pub fn scan(group: &Arc<Group>) {
                 continue;
             }
             for target in table.backfills(pg) {
-                let down = state
-                    .members
-                    .values()
-                    .any(|m| m.node_id == target && m.down);
+                let member = state.member_by_node(target);
+                let down = member.is_some_and(|m| m.down);
                 let key = (replicas, pg, target);
                 if down || !group.backfills.lock().unwrap().insert(key) {
                     continue;
                 }
                 let (g, pg_epoch) = (group.clone(), table.pg_epoch(pg));
-                let copy_id = state
-                    .members
-                    .values()
-                    .find(|m| m.node_id == target)
-                    .map(|m| m.copy_id.clone())
-                    .unwrap_or_default();
+                let copy_id = member.map(|m| m.copy_id.clone()).unwrap_or_default();
                 tokio::spawn(async move {
                     let slot = g.fill_slots.clone().acquire_owned().await;
                     let missed = g.missed_writes(pg, target);

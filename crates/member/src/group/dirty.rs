@@ -200,11 +200,7 @@ impl DirtyRecords {
                     if records.absent.contains_key(&m) || !was_in_sync || !old.is_in_sync(pg, m) {
                         continue;
                     }
-                    let Some(copy_id) = prev_state
-                        .members
-                        .values()
-                        .find(|x| x.node_id == m)
-                        .map(|x| x.copy_id.clone())
+                    let Some(copy_id) = prev_state.member_by_node(m).map(|x| x.copy_id.clone())
                     else {
                         continue;
                     };

@@ -373,7 +373,7 @@ impl Group {
             }
         }
         let state = self.state();
-        let Some(m) = state.members.values().find(|m| m.node_id == node) else {
+        let Some(m) = state.member_by_node(node) else {
             return Err(Fail::Unreachable(format!("member {node} is unknown")));
         };
         if m.peer.is_empty() {
@@ -631,12 +631,7 @@ impl Group {
                 self.node
             )));
         }
-        let down: HashSet<u64> = state
-            .members
-            .values()
-            .filter(|m| m.down)
-            .map(|m| m.node_id)
-            .collect();
+        let down = state.down_nodes();
         let mut skipped = Vec::new();
         let others = table
             .copies(pg)
