@@ -40,6 +40,10 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
     match cmd.cdb.first() {
         // READ (6/10/12/16).
         _ if is_read(&cmd.cdb) => true,
+        // GET LBA STATUS and READ CAPACITY (16): a few header reads from the page cache.
+        // QEMU asks for the provisioning status before every read it serves over NBD
+        // (sparse reads), so a hop to the pool here doubled that read's latency.
+        Some(0x9E) => matches!(cmd.cdb.get(1).map(|b| b & 0x1f), Some(0x10 | 0x12)),
         // WRITE (6) has no FUA bit (byte 1 holds LBA bits). A write may wait while the
         // store's journal is congested: then it goes to the pool.
         Some(0x0A) => cached_writes(vol),
