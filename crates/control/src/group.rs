@@ -51,6 +51,12 @@ pub struct PgTable {
     pub in_sync: Vec<Vec<u64>>,
     /// `pg_epoch[pg]`: the layout epoch of the group's last change (copies or in-sync set).
     pub pg_epoch: Vec<u64>,
+    /// `joined[pg][node]`: the layout epoch at which `node` last joined the group's in-sync
+    /// set through a fill (absent: in sync since the table began). A member that sees two
+    /// states tells from it whether a copy stayed in sync between them, however many
+    /// epochs passed unseen.
+    #[serde(default)]
+    pub joined: Vec<BTreeMap<u64, u64>>,
 }
 
 impl PgTable {
@@ -97,6 +103,22 @@ impl PgTable {
 
     pub fn pg_epoch(&self, pg: PgId) -> u64 {
         self.pg_epoch.get(pg as usize).copied().unwrap_or(0)
+    }
+
+    /// The epoch at which `node`'s copy of `pg` last joined the in-sync set (0: when the
+    /// table began).
+    pub fn joined_at(&self, pg: PgId, node: u64) -> u64 {
+        self.joined
+            .get(pg as usize)
+            .and_then(|j| j.get(&node))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `node`'s copy of `pg` was in sync under `then` (an earlier layout epoch) and has
+    /// been ever since, up to this table.
+    pub fn in_sync_since(&self, pg: PgId, node: u64, then: u64) -> bool {
+        self.is_in_sync(pg, node) && self.joined_at(pg, node) <= then
     }
 }
 
@@ -222,6 +244,7 @@ impl ClusterState {
                         })
                         .collect(),
                     pg_epoch: vec![next; map.groups.len()],
+                    joined: Vec::new(),
                     map,
                 },
                 Some(prev) => {
@@ -229,6 +252,7 @@ impl ClusterState {
                         map,
                         in_sync: prev.in_sync.clone(),
                         pg_epoch: prev.pg_epoch.clone(),
+                        joined: prev.joined.clone(),
                     };
                     for pg in 0..PG_COUNT {
                         prune_if_complete(&mut table, pg);
@@ -433,6 +457,12 @@ impl ClusterState {
         let set = &mut table.in_sync[pg as usize];
         if !set.contains(&node) {
             set.push(node);
+            if table.joined.len() <= pg as usize {
+                table
+                    .joined
+                    .resize(table.map.pg_count as usize, BTreeMap::new());
+            }
+            table.joined[pg as usize].insert(node, next);
         }
         prune_if_complete(table, pg);
         table.pg_epoch[pg as usize] = next;

@@ -167,6 +167,11 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         },
     );
     registry.attach_group(group.clone());
+    let events_to = Arc::downgrade(&registry);
+    group.set_lu_events(Arc::new(move |event| match events_to.upgrade() {
+        Some(registry) => registry.lu_event(event),
+        None => Err("the member is stopping".into()),
+    }));
 
     // Volumes follow the applied state.
     let mut state_rx = control.subscribe();
@@ -179,6 +184,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         let mut was_member = false;
         loop {
             let state = state_rx.borrow_and_update().clone();
+            let seen_at = std::time::Instant::now();
             // Forgotten by the group after `member remove` moved its data away: stop.
             let is_member = state.members.contains_key(&my_name);
             if was_member && !is_member {
@@ -195,7 +201,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
             });
             let follow_up = follow_up.await.unwrap_or_default();
             // Volumes exist locally before peers may address them at this epoch.
-            follow_group.observe(state);
+            follow_group.observe(state, seen_at);
             for cmd in follow_up {
                 if let Err(e) = ctl_follow.write(cmd).await {
                     tracing::warn!(error = %e, "cannot record a change the store made; retrying on the next change");

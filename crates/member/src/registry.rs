@@ -447,6 +447,25 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Carry out a unit-wide event another member's port raised for volume `event.volume`
+    /// (see `group::lu_events`). A volume not open here has no nexus to tell.
+    pub fn lu_event(&self, event: peer::LuEvent) -> Result<(), String> {
+        let handles: Vec<Arc<VolumeHandle>> = self
+            .volumes
+            .read()
+            .unwrap()
+            .values()
+            .filter(|h| h.snapshot.is_none() && h.volume.read().unwrap().id == event.volume)
+            .cloned()
+            .collect();
+        for h in handles {
+            if let Some(tmf) = crate::group::reset_of(event.kind) {
+                h.lu.reset_from_elsewhere(tmf);
+            }
+        }
+        Ok(())
+    }
+
     /// Serve volumes opened from now on through the group's data path.
     pub fn attach_group(&self, group: Arc<crate::group::Group>) {
         let _ = self.group.set(group);
@@ -498,6 +517,9 @@ impl Registry {
             lu.set_pr_persistence(Arc::new(PrFile { path: pr_path }));
         }
         lu.set_copy_resolver(self.copy_resolver());
+        if let (Some(g), None) = (self.group.get(), snap) {
+            lu.set_other_ports(Arc::new(crate::group::GroupPorts::new(g.clone(), v.id)));
+        }
         tracing::info!(target = %lu.identity().target_name, size = v.size, "serving");
         Ok(VolumeHandle {
             volume: RwLock::new(v.clone()),

@@ -152,6 +152,13 @@ pub enum Message {
     /// Provisioning of a placement group's bytes from `offset` (at most `len`), asked of
     /// its primary (GET LBA STATUS through another member).
     Status(Region),
+    /// COMPARE AND WRITE at the placement group's primary: `data` is the bytes to compare
+    /// followed by as many bytes to write, so the check and the write are one step there
+    /// whichever member the initiator used.
+    CompareAndWrite(WriteOp),
+    /// Something happened to a volume's logical unit at another member's port that every
+    /// port must see (a LUN reset; new reservations at revision `arg`).
+    LuEvent(LuEvent),
 
     HelloAck(HelloAck),
     Ok,
@@ -167,6 +174,56 @@ pub enum Message {
         mapped: bool,
         len: u64,
     },
+    /// The answer to [`Message::CompareAndWrite`] when the compare failed: nothing was
+    /// written, and the first differing byte is at `offset` of the compared bytes.
+    Miscompare {
+        offset: u64,
+    },
+}
+
+/// A logical-unit event that one member's port raises for every member's ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuEvent {
+    pub volume: VolumeId,
+    pub kind: LuEventKind,
+    /// For [`LuEventKind::Reservations`]: the revision the receiver must have applied
+    /// before it answers.
+    pub arg: u64,
+}
+
+/// What happened to the logical unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LuEventKind {
+    /// LOGICAL UNIT RESET: a unit attention on every I_T nexus, SPC-2 reservations gone.
+    LunReset,
+    /// TARGET WARM RESET.
+    WarmReset,
+    /// TARGET COLD RESET.
+    ColdReset,
+    /// The reservations changed in the control plane: apply revision `arg` before
+    /// answering, so no port enforces the old ones afterwards.
+    Reservations,
+}
+
+impl LuEventKind {
+    fn code(self) -> u8 {
+        match self {
+            LuEventKind::LunReset => 1,
+            LuEventKind::WarmReset => 2,
+            LuEventKind::ColdReset => 3,
+            LuEventKind::Reservations => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => LuEventKind::LunReset,
+            2 => LuEventKind::WarmReset,
+            3 => LuEventKind::ColdReset,
+            4 => LuEventKind::Reservations,
+            _ => return None,
+        })
+    }
 }
 
 /// The kind byte of each message in a frame header.
@@ -182,6 +239,8 @@ pub mod kind {
     pub const DIRTY_QUERY: u8 = 0x30;
     pub const PING: u8 = 0x40;
     pub const STATUS: u8 = 0x14;
+    pub const COMPARE_AND_WRITE: u8 = 0x15;
+    pub const LU_EVENT: u8 = 0x50;
 
     pub const HELLO_ACK: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -190,6 +249,7 @@ pub mod kind {
     pub const DIRTY_REGIONS: u8 = 0x85;
     pub const PONG: u8 = 0x86;
     pub const PROVISIONING: u8 = 0x87;
+    pub const MISCOMPARE: u8 = 0x88;
 
     /// Responses have the top bit set.
     pub const RESPONSE_BIT: u8 = 0x80;
@@ -208,6 +268,8 @@ pub mod kind {
                 | DIRTY_QUERY
                 | PING
                 | STATUS
+                | COMPARE_AND_WRITE
+                | LU_EVENT
                 | HELLO_ACK
                 | OK
                 | DATA
@@ -215,6 +277,7 @@ pub mod kind {
                 | DIRTY_REGIONS
                 | PONG
                 | PROVISIONING
+                | MISCOMPARE
         )
     }
 }
@@ -247,6 +310,9 @@ impl Message {
             Message::Ping { .. } => kind::PING,
             Message::Status(_) => kind::STATUS,
             Message::Provisioning { .. } => kind::PROVISIONING,
+            Message::CompareAndWrite(_) => kind::COMPARE_AND_WRITE,
+            Message::LuEvent(_) => kind::LU_EVENT,
+            Message::Miscompare { .. } => kind::MISCOMPARE,
             Message::HelloAck(_) => kind::HELLO_ACK,
             Message::Ok => kind::OK,
             Message::Data(_) => kind::DATA,
@@ -273,6 +339,7 @@ impl Message {
                 | Message::ReplicaUnmap(_)
                 | Message::DirtyQuery { .. }
                 | Message::Status(_)
+                | Message::CompareAndWrite(_)
         )
     }
 
@@ -281,7 +348,11 @@ impl Message {
         match self {
             Message::Hello(_) => 1 + 1 + 8 + 16 + 4,
             Message::HelloAck(_) => 1 + 8 + 4,
-            Message::Write(w) | Message::ReplicaWrite(w) => WRITE_FIXED + w.data.len(),
+            Message::Write(w) | Message::ReplicaWrite(w) | Message::CompareAndWrite(w) => {
+                WRITE_FIXED + w.data.len()
+            }
+            Message::LuEvent(_) => 8 + 1 + 8,
+            Message::Miscompare { .. } => 8,
             Message::Read(_) => 8 + 4 + 8 + 4,
             Message::Flush(_) | Message::ReplicaFlush(_) => 8,
             Message::Unmap(_) | Message::ReplicaUnmap(_) | Message::Status(_) => REGION_LEN,
@@ -318,7 +389,7 @@ impl Message {
                 dst.put_u64(a.member);
                 dst.put_u32(a.max_in_flight);
             }
-            Message::Write(w) | Message::ReplicaWrite(w) => {
+            Message::Write(w) | Message::ReplicaWrite(w) | Message::CompareAndWrite(w) => {
                 dst.put_u64(w.volume);
                 dst.put_u32(w.pg);
                 dst.put_u64(w.offset);
@@ -344,6 +415,12 @@ impl Message {
                 }
             }
             Message::Ping { nonce } | Message::Pong { nonce } => dst.put_u64(*nonce),
+            Message::LuEvent(e) => {
+                dst.put_u64(e.volume);
+                dst.put_u8(e.kind.code());
+                dst.put_u64(e.arg);
+            }
+            Message::Miscompare { offset } => dst.put_u64(*offset),
             Message::Ok => {}
             Message::Data(d) => dst.put_slice(d),
             Message::Error(e) => {
@@ -398,6 +475,25 @@ impl Message {
             }),
             kind::WRITE => Message::Write(r.write_op()?),
             kind::REPLICA_WRITE => Message::ReplicaWrite(r.write_op()?),
+            kind::COMPARE_AND_WRITE => {
+                let op = r.write_op()?;
+                if op.data.len() % 2 != 0 {
+                    return Err(PayloadError::Truncated);
+                }
+                Message::CompareAndWrite(op)
+            }
+            kind::LU_EVENT => {
+                let volume = r.u64()?;
+                let code = r.u8()?;
+                let kind = LuEventKind::from_code(code)
+                    .ok_or(PayloadError::UnknownFlags { flags: code })?;
+                Message::LuEvent(LuEvent {
+                    volume,
+                    kind,
+                    arg: r.u64()?,
+                })
+            }
+            kind::MISCOMPARE => Message::Miscompare { offset: r.u64()? },
             kind::READ => {
                 let op = ReadOp {
                     volume: r.u64()?,
@@ -657,6 +753,24 @@ mod tests {
             )),
             Message::Error(ErrorReply::new(ErrorCode::WrongGroup, "ünïcode")),
             Message::DirtyRegions(vec![region, region]),
+            Message::CompareAndWrite(WriteOp {
+                volume: 1,
+                pg: 2,
+                offset: 512,
+                fua: false,
+                data: Bytes::from(vec![7u8; 1024]),
+            }),
+            Message::LuEvent(LuEvent {
+                volume: 9,
+                kind: LuEventKind::LunReset,
+                arg: 0,
+            }),
+            Message::LuEvent(LuEvent {
+                volume: 9,
+                kind: LuEventKind::Reservations,
+                arg: 17,
+            }),
+            Message::Miscompare { offset: 33 },
         ] {
             roundtrip(m);
         }

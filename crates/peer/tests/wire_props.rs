@@ -2,7 +2,9 @@
 //! decoder, and a truncated frame asks for more without consuming anything.
 
 use bytes::{Bytes, BytesMut};
-use peer::message::{ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, ReadOp, Region, WriteOp};
+use peer::message::{
+    ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, LuEvent, LuEventKind, ReadOp, Region, WriteOp,
+};
 use peer::{Decoder, Frame, Message, HEADER_LEN};
 use proptest::prelude::*;
 
@@ -104,6 +106,25 @@ fn message() -> impl Strategy<Value = Message> {
         (error_code(), ".{0,40}")
             .prop_map(|(code, text)| Message::Error(ErrorReply::new(code, text))),
         proptest::collection::vec(region(), 0..20).prop_map(Message::DirtyRegions),
+        write_op()
+            .prop_filter("compare and write halves", |w| w.data.len() % 2 == 0)
+            .prop_map(Message::CompareAndWrite),
+        (
+            any::<u64>(),
+            prop_oneof![
+                Just(LuEventKind::LunReset),
+                Just(LuEventKind::WarmReset),
+                Just(LuEventKind::ColdReset),
+                Just(LuEventKind::Reservations),
+            ],
+            any::<u64>()
+        )
+            .prop_map(|(volume, kind, arg)| Message::LuEvent(LuEvent {
+                volume,
+                kind,
+                arg
+            })),
+        any::<u64>().prop_map(|offset| Message::Miscompare { offset }),
     ]
 }
 

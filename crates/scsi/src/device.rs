@@ -73,6 +73,19 @@ pub trait BlockDevice: Send + Sync {
     fn inline_ok(&self) -> bool {
         true
     }
+    /// COMPARE AND WRITE as one step where the blocks' writes are ordered: `Some(Ok(None))`
+    /// written, `Some(Ok(Some(i)))` the blocks differ from `compare` first at byte `i` and
+    /// nothing was written. `None`: the device has no such step, and the engine compares
+    /// and writes under its own lock (enough when it is the blocks' only way in).
+    fn compare_and_write(
+        &self,
+        _lba: u64,
+        _compare: &[u8],
+        _data: &[u8],
+        _fua: bool,
+    ) -> Option<Result<Option<u64>, DeviceError>> {
+        None
+    }
     /// Whether the volatile write cache is enabled (MODE SENSE caching page WCE bit).
     fn write_cache_enabled(&self) -> bool {
         true

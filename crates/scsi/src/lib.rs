@@ -27,8 +27,8 @@ mod xcopy;
 
 pub use device::{BlockDevice, DeviceError, LbaStatus, MemDevice};
 pub use lu::{
-    CopyResolver, LogicalUnit, LuIdentity, NexusId, Response, TargetPortGroup, TaskManagement,
-    TmfResult,
+    CopyResolver, LogicalUnit, LuIdentity, NexusId, OtherPorts, Response, TargetPortGroup,
+    TaskManagement, TmfResult,
 };
 pub use pr::{PrPersistence, PrRestoreError};
 pub use sense::{Sense, SenseKey};

@@ -67,6 +67,15 @@ pub enum TmfResult {
     Rejected,
 }
 
+/// The logical unit's target ports in other processes (a group's other members serving
+/// the same volume). What changes the whole unit is carried out there too, so the unit is
+/// one unit whichever portal an initiator uses.
+pub trait OtherPorts: Send + Sync {
+    /// A LUN or target reset happened here: apply it at every other port (see
+    /// [`LogicalUnit::reset_from_elsewhere`]); return once every reachable one has.
+    fn reset(&self, tmf: TaskManagement);
+}
+
 /// Looks up the device behind a third-party copy target descriptor (an NAA designator).
 pub type CopyResolver = Arc<dyn Fn(&[u8; 16]) -> Option<Arc<dyn BlockDevice>> + Send + Sync>;
 
@@ -163,6 +172,7 @@ pub struct LogicalUnit {
     pub(crate) persistence: RwLock<Option<Arc<dyn PrPersistence>>>,
     pub(crate) resolver: RwLock<Option<CopyResolver>>,
     pub(crate) port_groups: RwLock<Option<Vec<TargetPortGroup>>>,
+    pub(crate) other_ports: RwLock<Option<Arc<dyn OtherPorts>>>,
 }
 
 /// How long a SANITIZE keeps the LU in "sanitize in progress" at least. Erasing a
@@ -171,6 +181,14 @@ pub struct LogicalUnit {
 /// command (3 s wait, resets, 1 s wait, a new login), so 6 s leaves a margin while
 /// keeping each SANITIZE short.
 pub const DEFAULT_SANITIZE_MIN: Duration = Duration::from_secs(6);
+
+/// Task management that concerns the tasks of the asking nexus's session only.
+fn tmf_is_per_nexus(tmf: TaskManagement) -> bool {
+    matches!(
+        tmf,
+        TaskManagement::AbortTaskSet | TaskManagement::ClearTaskSet
+    )
+}
 
 /// Commands that neither report nor clear a unit attention (SAM-5 5.14).
 fn ua_exempt(op: u8) -> bool {
@@ -192,6 +210,7 @@ impl LogicalUnit {
             persistence: RwLock::new(None),
             resolver: RwLock::new(None),
             port_groups: RwLock::new(None),
+            other_ports: RwLock::new(None),
         }
     }
 
@@ -270,6 +289,21 @@ impl LogicalUnit {
     /// A task management function from `nexus`.
     pub fn task_management(&self, nexus: &NexusId, tmf: TaskManagement) -> TmfResult {
         self.ua.touch(nexus);
+        self.reset_from_elsewhere(tmf);
+        let others = self
+            .other_ports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Some(others), false) = (others, tmf_is_per_nexus(tmf)) {
+            others.reset(tmf);
+        }
+        TmfResult::Complete
+    }
+
+    /// Carry out the unit-wide part of `tmf`, raised at this port or at another port of
+    /// the unit ([`OtherPorts::reset`]).
+    pub fn reset_from_elsewhere(&self, tmf: TaskManagement) {
         match tmf {
             TaskManagement::AbortTaskSet | TaskManagement::ClearTaskSet => {}
             TaskManagement::LogicalUnitReset => {
@@ -288,7 +322,11 @@ impl LogicalUnit {
                 self.ua.push_all(codes::UA_POWER_ON_OCCURRED);
             }
         }
-        TmfResult::Complete
+    }
+
+    /// Where unit-wide events go besides this process's ports.
+    pub fn set_other_ports(&self, ports: Arc<dyn OtherPorts>) {
+        *self.other_ports.write().unwrap_or_else(|e| e.into_inner()) = Some(ports);
     }
 
     /// Fences the medium to one initiator: from now on a command that changes the medium

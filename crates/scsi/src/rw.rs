@@ -251,6 +251,13 @@ pub(crate) fn compare_and_write(ctx: &Ctx) -> CmdResult {
         return Err(invalid_cdb_field(13, None).into());
     }
     let (verify, write) = ctx.data.split_at(half);
+    let fua = flags & 0x08 != 0;
+    if let Some(done) = ctx.dev().compare_and_write(lba, verify, write, fua) {
+        return match done.map_err(|e| ctx.dev_fail(e))? {
+            None => Ok(Reply::good()),
+            Some(off) => Err(codes::MISCOMPARE_DURING_VERIFY.with_info(off).into()),
+        };
+    }
     let _g = ctx.lu.stripes.lock(lba, n);
     let mut cur = vec![0u8; half];
     ctx.dev().read(lba, &mut cur).map_err(|e| ctx.dev_fail(e))?;
@@ -258,7 +265,7 @@ pub(crate) fn compare_and_write(ctx: &Ctx) -> CmdResult {
         return Err(codes::MISCOMPARE_DURING_VERIFY.with_info(off as u64).into());
     }
     ctx.dev()
-        .write(lba, write, flags & 0x08 != 0)
+        .write(lba, write, fua)
         .map_err(|e| ctx.dev_fail(e))?;
     Ok(Reply::good())
 }

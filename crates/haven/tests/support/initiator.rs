@@ -270,6 +270,24 @@ impl Initiator {
         self.command(&cdb, &[], blocks * self.block_size)
     }
 
+    /// COMPARE AND WRITE of `compare.len()` bytes at `lba`: writes `data` if the blocks
+    /// hold `compare` (else CHECK CONDITION, MISCOMPARE).
+    pub fn compare_and_write(
+        &mut self,
+        lba: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> Result<(), IoError> {
+        let blocks = (compare.len() / self.block_size as usize) as u8;
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x89;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[13] = blocks;
+        let mut out = compare.to_vec();
+        out.extend_from_slice(data);
+        self.command(&cdb, &out, 0).map(|_| ())
+    }
+
     /// SYNCHRONIZE CACHE (16) of the whole device.
     pub fn flush(&mut self) -> Result<(), IoError> {
         let mut cdb = [0u8; 16];

@@ -123,6 +123,29 @@ impl BlockDevice for GroupDevice {
             mapped: state.unwrap_or(true),
         })
     }
+    fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: &[u8],
+        data: &[u8],
+        fua: bool,
+    ) -> Option<Result<Option<u64>, DeviceError>> {
+        if self.group.is_alone() || local_caw_fault() {
+            return None;
+        }
+        if let Err(e) = self.check_range(lba, compare.len()) {
+            return Some(Err(e));
+        }
+        let g = self.group.clone();
+        let fua = self.durable(fua);
+        self.block(g.compare_and_write(
+            self.volume,
+            self.bytes(lba),
+            Bytes::copy_from_slice(compare),
+            Bytes::copy_from_slice(data),
+            fua,
+        ))
+    }
     fn congested(&self) -> bool {
         self.local.congested()
     }
@@ -148,4 +171,11 @@ impl GroupDevice {
         }
         Ok(())
     }
+}
+
+/// `HAVEN_FAULT_LOCAL_CAW=1` makes COMPARE AND WRITE compare and write under the receiving
+/// member's own lock only: the fault the cross-member test must catch (lost increments).
+fn local_caw_fault() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var_os("HAVEN_FAULT_LOCAL_CAW").is_some())
 }

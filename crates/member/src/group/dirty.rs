@@ -161,10 +161,15 @@ impl DirtyRecords {
             .collect()
     }
 
-    /// Follow the step from `prev` to `now`: start records for copies that just left the
-    /// in-sync set, drop those that came back or can no longer be trusted.
-    pub fn observe(&self, prev: Option<&ClusterState>, now: &ClusterState) {
+    /// Follow the change from `prev` to `now` (any number of epochs apart: states arrive
+    /// coalesced), which this member received at `seen_at`: start records for copies that
+    /// left the in-sync set while this member stayed in it, drop those that came back or
+    /// can no longer be trusted.
+    pub fn observe(&self, prev: Option<&ClusterState>, now: &ClusterState, seen_at: Instant) {
         let me = self.node;
+        // Writes a departed copy may have missed were made shortly before the group noticed,
+        // which was before this state arrived.
+        let cutoff = seen_at.min(Instant::now()).checked_sub(RECENT_WINDOW);
         for (&replicas, table) in &now.layout.tables {
             let before = prev.and_then(|p| p.table(replicas).map(|t| (p, t)));
             for pg in 0..table.map.pg_count {
@@ -182,29 +187,26 @@ impl DirtyRecords {
                 if filled {
                     records.own_unconfirmed.clear();
                 }
-                // One step for this group: it changed at most once since `prev`. Otherwise
-                // this member cannot tell whether it stayed in sync throughout.
+                // Only a member in sync throughout saw every write the absent copies missed.
                 let Some((prev_state, old)) = before.filter(|(p, t)| {
-                    table.pg_epoch(pg) == t.pg_epoch(pg) || table.pg_epoch(pg) <= p.layout.epoch + 1
+                    t.is_in_sync(pg, me) && table.in_sync_since(pg, me, p.layout.epoch)
                 }) else {
                     records.absent.clear();
                     continue;
                 };
-                let was_in_sync = old.is_in_sync(pg, me);
                 let away: Vec<u64> = table
                     .planned(pg)
                     .filter(|m| *m != me && !table.is_in_sync(pg, *m))
                     .collect();
                 records.absent.retain(|m, _| away.contains(m));
                 for m in away {
-                    if records.absent.contains_key(&m) || !was_in_sync || !old.is_in_sync(pg, m) {
+                    if records.absent.contains_key(&m) || !old.is_in_sync(pg, m) {
                         continue;
                     }
                     let Some(copy_id) = prev_state.member_by_node(m).map(|x| x.copy_id.clone())
                     else {
                         continue;
                     };
-                    let cutoff = Instant::now().checked_sub(RECENT_WINDOW);
                     let mut chunks: HashMap<ChunkId, u64> = records
                         .recent
                         .iter()
@@ -324,14 +326,14 @@ mod tests {
         let s0 = group();
         let pg = shared_pg(&s0, 1, 3);
         let records = DirtyRecords::new(1);
-        records.observe(None, &s0);
+        records.observe(None, &s0, Instant::now());
         records.record(2, pg, 1, 5 * CHUNK_BYTES, 4096, s0.layout.epoch);
 
         let mut s1 = s0.clone();
         s1.apply(Command::MemberDown {
             name: "member-3".into(),
         });
-        records.observe(Some(&s0), &s1);
+        records.observe(Some(&s0), &s1, Instant::now());
         records.record(2, pg, 1, 9 * CHUNK_BYTES - 512, 1024, s1.layout.epoch);
 
         let resync = records.resync(2, pg, 3, "store-3").expect("tracked");
@@ -348,7 +350,7 @@ mod tests {
             name: "member-3".into(),
             restarted: true,
         });
-        records.observe(Some(&s1), &s2);
+        records.observe(Some(&s1), &s2, Instant::now());
         assert!(
             records.resync(2, pg, 3, "store-3").is_some(),
             "kept while away"
@@ -361,7 +363,7 @@ mod tests {
             node: 3,
             pg_epoch: t.pg_epoch(pg),
         });
-        records.observe(Some(&s2), &s3);
+        records.observe(Some(&s2), &s3, Instant::now());
         assert!(
             records.resync(2, pg, 3, "store-3").is_none(),
             "in sync again"
@@ -369,35 +371,70 @@ mod tests {
     }
 
     #[test]
+    fn a_departure_seen_among_other_changes_is_still_tracked() {
+        let s0 = group();
+        let pg = shared_pg(&s0, 1, 3);
+        let records = DirtyRecords::new(1);
+        records.observe(None, &s0, Instant::now());
+        records.record(2, pg, 1, 5 * CHUNK_BYTES, 4096, s0.layout.epoch);
+        // Several epochs arrive as one state: another group filled, then member-3 down.
+        let mut s1 = s0.clone();
+        let other = (0..PG_COUNT).find(|&p| p != pg).unwrap();
+        s1.apply(Command::MemberDown {
+            name: "member-2".into(),
+        });
+        s1.apply(Command::MemberUp {
+            name: "member-2".into(),
+            restarted: true,
+        });
+        let t = s1.table(2).unwrap().clone();
+        for m in t.backfills(other) {
+            s1.apply(Command::PgInSync {
+                replicas: 2,
+                pg: other,
+                node: m,
+                pg_epoch: t.pg_epoch(other),
+            });
+        }
+        s1.apply(Command::MemberDown {
+            name: "member-3".into(),
+        });
+        assert!(s1.layout.epoch > s0.layout.epoch + 2, "several steps");
+        records.observe(Some(&s0), &s1, Instant::now());
+        let resync = records.resync(2, pg, 3, "store-3").expect("tracked");
+        assert!(resync.chunks.contains(&(1, 5)));
+    }
+
+    #[test]
     fn a_member_that_missed_a_step_keeps_no_records() {
         let s0 = group();
         let pg = shared_pg(&s0, 1, 3);
         let records = DirtyRecords::new(1);
-        records.observe(None, &s0);
+        records.observe(None, &s0, Instant::now());
+        // This member was away (down, back, filled again from member-3), then member-3
+        // left: all seen as one state, this member cannot know what member-3 missed while
+        // it was away itself.
         let mut s1 = s0.clone();
+        s1.apply(Command::MemberDown {
+            name: "member-1".into(),
+        });
+        s1.apply(Command::MemberUp {
+            name: "member-1".into(),
+            restarted: false,
+        });
+        let t = s1.table(2).unwrap().clone();
+        assert!(t.backfills(pg).contains(&1));
+        s1.apply(Command::PgInSync {
+            replicas: 2,
+            pg,
+            node: 1,
+            pg_epoch: t.pg_epoch(pg),
+        });
         s1.apply(Command::MemberDown {
             name: "member-3".into(),
         });
-        // This member was away too (it restarted), then came back in sync: it skipped
-        // the steps in between.
-        let mut s2 = s1.clone();
-        s2.apply(Command::MemberDown {
-            name: "member-1".into(),
-        });
-        s2.apply(Command::MemberUp {
-            name: "member-1".into(),
-            restarted: true,
-        });
-        let t = s2.table(2).unwrap().clone();
-        if t.backfills(pg).contains(&1) {
-            s2.apply(Command::PgInSync {
-                replicas: 2,
-                pg,
-                node: 1,
-                pg_epoch: t.pg_epoch(pg),
-            });
-        }
-        records.observe(Some(&s0), &s2);
+        assert!(s1.table(2).unwrap().is_in_sync(pg, 1));
+        records.observe(Some(&s0), &s1, Instant::now());
         assert!(records.resync(2, pg, 3, "store-3").is_none());
     }
 
@@ -406,12 +443,12 @@ mod tests {
         let s0 = group();
         let pg = shared_pg(&s0, 1, 3);
         let records = DirtyRecords::new(1);
-        records.observe(None, &s0);
+        records.observe(None, &s0, Instant::now());
         let mut s1 = s0.clone();
         s1.apply(Command::MemberDown {
             name: "member-3".into(),
         });
-        records.observe(Some(&s0), &s1);
+        records.observe(Some(&s0), &s1, Instant::now());
         let e = s1.layout.epoch;
         records.record(2, pg, 1, 0, 512, e);
         let copied = records.resync(2, pg, 3, "store-3").unwrap();
@@ -426,7 +463,7 @@ mod tests {
         let s0 = group();
         let pg = shared_pg(&s0, 1, 3);
         let records = DirtyRecords::new(3);
-        records.observe(None, &s0);
+        records.observe(None, &s0, Instant::now());
         records.unconfirmed(2, pg, 1, 7, 3 * CHUNK_BYTES, 4096, s0.layout.epoch);
         assert_eq!(records.own_unconfirmed(pg), vec![(7, 3)]);
 
@@ -439,7 +476,7 @@ mod tests {
             name: "member-3".into(),
             restarted: true,
         });
-        records.observe(Some(&s0), &s1);
+        records.observe(Some(&s0), &s1, Instant::now());
         assert_eq!(records.own_unconfirmed(pg), vec![(7, 3)]);
 
         // Filled back in sync: the fill overwrote it.
@@ -451,7 +488,7 @@ mod tests {
             node: 3,
             pg_epoch,
         });
-        records.observe(Some(&s1), &s2);
+        records.observe(Some(&s1), &s2, Instant::now());
         assert!(records.own_unconfirmed(pg).is_empty());
     }
 }

@@ -21,13 +21,16 @@
 //! directly, inline on the connection's task.
 
 mod backfill;
+mod caw;
 mod device;
 mod digest;
 mod dirty;
 mod liveness;
+mod lu_events;
 mod server;
 
 pub use device::GroupDevice;
+pub use lu_events::{reset_of, GroupPorts};
 pub use server::handle;
 
 use bytes::Bytes;
@@ -146,6 +149,8 @@ pub struct Group {
     /// marks are leftovers and it must neither fill nor keep dirty records.
     ready: AtomicBool,
     timing: Timing,
+    /// Where peers' unit-wide events for this member's logical units go.
+    lu_events: std::sync::OnceLock<lu_events::LuEventSink>,
 }
 
 /// The group's waits, from the member's configuration.
@@ -194,6 +199,7 @@ impl Group {
             dirty: dirty::DirtyRecords::new(node),
             ready: AtomicBool::new(false),
             timing,
+            lu_events: std::sync::OnceLock::new(),
         })
     }
 
@@ -223,22 +229,31 @@ impl Group {
     pub fn set_ready(self: &Arc<Self>) {
         self.ready.store(true, Ordering::Release);
         let state = self.control.state();
-        self.observe(state);
+        self.observe(state, std::time::Instant::now());
     }
 
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Follow a newly applied state (after the registry reconciled its volumes).
-    pub fn observe(self: &Arc<Self>, state: Arc<ClusterState>) {
+    /// Follow a newly applied state (after the registry reconciled its volumes), which
+    /// arrived at `seen_at`.
+    pub fn observe(self: &Arc<Self>, state: Arc<ClusterState>, seen_at: std::time::Instant) {
         let epoch = state.layout.epoch;
+        let prev = {
+            let mut current = self.state.write().unwrap();
+            // `set_ready` may have followed a newer state than the one the follower
+            // reconciled: never step back.
+            if current.layout.epoch > epoch {
+                return;
+            }
+            std::mem::replace(&mut *current, state.clone())
+        };
         self.alone
             .store(state.members.len() <= 1, Ordering::Release);
-        let prev = std::mem::replace(&mut *self.state.write().unwrap(), state.clone());
         // Until ready, `prev` is not a state this member was in sync under.
         let prev = self.is_ready().then_some(&*prev);
-        self.dirty.observe(prev, &state);
+        self.dirty.observe(prev, &state, seen_at);
         self.epoch.store(epoch, Ordering::Release);
         self.epoch_tx.send_if_modified(|e| {
             let changed = *e != epoch;
@@ -664,6 +679,22 @@ impl Group {
         local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
         message: Message,
     ) -> Result<(), Fail> {
+        self.replicate_if(at, epoch, None, local, message)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`replicate`](Self::replicate), but only if the bytes `at` hold `expect` (checked
+    /// under the same range locks): `Ok(Some(i))` when they differ first at byte `i`, and
+    /// nothing was changed.
+    async fn replicate_if(
+        self: &Arc<Self>,
+        at: peer::Region,
+        epoch: u64,
+        expect: Option<Bytes>,
+        local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
+        message: Message,
+    ) -> Result<Option<u64>, Fail> {
         let peer::Region {
             volume,
             pg,
@@ -674,6 +705,18 @@ impl Group {
         let _range = self.write_range(volume, offset, len).await;
         let copies = self.as_primary(volume, pg, epoch)?;
         let vol = self.local(volume)?;
+        if let Some(expect) = expect {
+            let v = vol.clone();
+            let current = blocking(move || {
+                let mut buf = vec![0u8; expect.len()];
+                v.read(offset / u64::from(v.block_size()), &mut buf)?;
+                Ok(caw::first_difference(&buf, &expect))
+            })
+            .await?;
+            if current.is_some() {
+                return Ok(current);
+            }
+        }
         for node in copies.skipped {
             self.backfills_restart(pg, node);
         }
@@ -710,7 +753,7 @@ impl Group {
         }
         match failed {
             Some(f) => Err(f),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 

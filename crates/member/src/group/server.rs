@@ -49,7 +49,20 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
             .primary_status(r, epoch)
             .await
             .map(|(mapped, len)| Message::Provisioning { mapped, len }),
+        Message::CompareAndWrite(op) => {
+            group
+                .primary_compare_and_write(op, epoch)
+                .await
+                .map(|r| match r {
+                    None => Message::Ok,
+                    Some(offset) => Message::Miscompare { offset },
+                })
+        }
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
+        Message::LuEvent(event) => group
+            .lu_event(event)
+            .map(|()| Message::Ok)
+            .map_err(Fail::Refused),
         Message::DirtyQuery { pgs } => Ok(Message::DirtyRegions(
             pgs.iter()
                 .flat_map(|&pg| {
