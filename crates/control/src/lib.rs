@@ -12,6 +12,7 @@ pub mod error;
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod reservations;
 pub mod server;
 pub mod state;
 pub mod state_machine;
@@ -36,8 +37,8 @@ pub use compute::{
 pub use error::{ControlError, ErrorKind};
 pub use group::{Layout, PgTable, CHUNK_BYTES, PG_COUNT};
 pub use state::{
-    Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, ReservePolicy, Snapshot,
-    Volume,
+    Chap, ClusterState, Command, Member, Outcome, ParentRef, RefusalKind, Reservations,
+    ReservePolicy, Snapshot, Volume,
 };
 
 use log_store::LogStore;

@@ -98,6 +98,31 @@ pub struct Volume {
     /// it shares. 0 means the volume's id.
     #[serde(default)]
     pub stripe_key: u64,
+    /// The logical unit's persistent reservations, one state for every member's ports.
+    #[serde(default)]
+    pub reservations: Reservations,
+}
+
+/// How many of a volume's latest reservation changes the state keeps, so a member that
+/// skipped some (states arrive coalesced) still raises their unit attentions.
+pub const RESERVATION_CHANGES_KEPT: usize = 8;
+
+/// A volume's persistent reservations as its logical unit's engine encoded them (opaque
+/// here), changed only through [`Command::SetReservations`] so every port agrees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservations {
+    /// Raised by one with every change; 0: never changed.
+    pub revision: u64,
+    /// The latest changes, oldest first: (revision, the engine's encoding of the change,
+    /// which holds the whole state after it).
+    pub changes: Vec<(u64, String)>,
+}
+
+impl Reservations {
+    /// The latest change, if any.
+    pub fn latest(&self) -> Option<&(u64, String)> {
+        self.changes.last()
+    }
 }
 
 impl Volume {
@@ -284,6 +309,13 @@ pub enum Command {
     ForgetMember {
         name: String,
     },
+    /// A port of volume `volume` (id) changed its persistent reservations: `change`
+    /// replaces revision `base`, refused if another port changed them first.
+    SetReservations {
+        volume: u64,
+        base: u64,
+        change: String,
+    },
     /// The primary of a placement group copied it to `node` under `pg_epoch`.
     PgInSync {
         replicas: u8,
@@ -386,6 +418,11 @@ impl ClusterState {
                 node,
                 pg_epoch,
             } => self.apply_pg_in_sync(replicas, pg, node, pg_epoch),
+            Command::SetReservations {
+                volume,
+                base,
+                change,
+            } => self.apply_set_reservations(volume, base, change),
             Command::CreateVolume {
                 name,
                 size,
@@ -441,6 +478,7 @@ impl ClusterState {
                 }
                 self.next_volume_id += 1;
                 let vol = Volume {
+                    reservations: Reservations::default(),
                     name: name.clone(),
                     id: self.next_volume_id,
                     size,
@@ -647,6 +685,7 @@ impl ClusterState {
                 let src = self.volumes.get(&volume).cloned();
                 self.next_volume_id += 1;
                 let vol = Volume {
+                    reservations: Reservations::default(),
                     name: name.clone(),
                     id: self.next_volume_id,
                     size: snap.size,

@@ -3,6 +3,9 @@
 //! - COMPARE AND WRITE is atomic across members: clients on three member portals increment
 //!   one counter with compare-and-write; every increment that succeeded is in the counter
 //!   (two members each comparing and writing under their own lock would lose some).
+//! - Persistent reservations are the unit's, not a member's: a reservation taken through
+//!   one member's portal blocks another initiator's writes through another member's
+//!   portal at once, and a PREEMPT through a third raises the unit attention on the first.
 
 mod support;
 
@@ -90,5 +93,102 @@ fn compare_and_write_is_one_step_across_member_portals() {
     assert_eq!(
         counter, done,
         "increments were lost: compare and write was not one step"
+    );
+}
+
+/// SCSI status RESERVATION CONFLICT.
+const RESERVATION_CONFLICT: u8 = 0x18;
+/// WRITE EXCLUSIVE.
+const WRITE_EXCLUSIVE: u8 = 1;
+
+/// PERSISTENT RESERVE OUT with a basic parameter list.
+fn prout(c: &mut Initiator, action: u8, rtype: u8, key: u64, sa_key: u64) -> Result<(), IoError> {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5f;
+    cdb[1] = action;
+    cdb[2] = rtype;
+    cdb[8] = 24;
+    let mut params = [0u8; 24];
+    params[..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    c.command(&cdb, &params, 0).map(|_| ())
+}
+
+fn is_conflict(r: Result<(), IoError>) -> bool {
+    matches!(
+        r,
+        Err(IoError::Status {
+            status: RESERVATION_CONFLICT,
+            ..
+        })
+    )
+}
+
+#[test]
+fn persistent_reservations_hold_across_member_portals() {
+    let lab = Lab::up_group(3);
+    lab.ok(&[
+        "volume",
+        "create",
+        "pr",
+        "--size",
+        "64MiB",
+        "--replicas",
+        "2",
+    ]);
+    let target = "iqn.2026-11.org.haven:pr";
+    let p = portals(&lab);
+    let connect = |i: usize, name: &str| {
+        let mut c = Initiator::connect(&p[i], target, name).expect("login");
+        c.settle();
+        c
+    };
+    let mut a = connect(0, "iqn.2026-11.org.haven:host-a");
+    let mut b = connect(1, "iqn.2026-11.org.haven:host-b");
+    let mut c = connect(2, "iqn.2026-11.org.haven:host-c");
+    let block = vec![0x5au8; 512];
+    // Write through every member first, so each has seen its nexus before the change.
+    a.write(0, &block, false).unwrap();
+    b.write(0, &block, false).unwrap();
+    c.write(0, &block, false).unwrap();
+
+    // A registers and reserves WRITE EXCLUSIVE through member 0.
+    prout(&mut a, 0, 0, 0, 0xA).expect("register A");
+    prout(&mut a, 1, WRITE_EXCLUSIVE, 0xA, 0).expect("reserve A");
+    // B, through member 1, may read but not write; A still writes.
+    assert!(
+        is_conflict(b.write(0, &block, false)),
+        "a write through another member's portal ignored the reservation"
+    );
+    b.read(0, 1)
+        .expect("reads stay allowed under WRITE EXCLUSIVE");
+    a.write(0, &block, false).expect("the holder writes");
+
+    // C registers through member 2 and preempts A: A's next command sees the unit
+    // attention REGISTRATIONS PREEMPTED, then conflicts; C writes.
+    prout(&mut c, 0, 0, 0, 0xC).expect("register C");
+    prout(&mut c, 4, WRITE_EXCLUSIVE, 0xC, 0xA).expect("C preempts A");
+    match a.read(0, 1) {
+        Err(IoError::Status {
+            key: 0x06,
+            asc: 0x2a,
+            ascq: 0x05,
+            ..
+        }) => {}
+        other => panic!("A through member 0 expected REGISTRATIONS PREEMPTED, got {other:?}"),
+    }
+    assert!(
+        is_conflict(a.write(0, &block, false)),
+        "A still wrote after being preempted"
+    );
+    c.write(0, &block, false).expect("the new holder writes");
+    assert!(is_conflict(b.write(0, &block, false)));
+
+    // C releases: everyone writes again.
+    prout(&mut c, 2, WRITE_EXCLUSIVE, 0xC, 0).expect("release");
+    b.write(0, &block, false)
+        .expect("B writes once the reservation is gone");
+    println!(
+        "reservations held across 3 member portals: conflicts, preemption and release as one unit"
     );
 }

@@ -168,8 +168,8 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     );
     registry.attach_group(group.clone());
     let events_to = Arc::downgrade(&registry);
-    group.set_lu_events(Arc::new(move |event| match events_to.upgrade() {
-        Some(registry) => registry.lu_event(event),
+    group.set_lu_events(Arc::new(move |event, state| match events_to.upgrade() {
+        Some(registry) => registry.lu_event(event, state),
         None => Err("the member is stopping".into()),
     }));
 

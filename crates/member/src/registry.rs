@@ -360,6 +360,7 @@ impl Registry {
                 if snap.is_none() {
                     if let Some(h) = vols.get(iqn) {
                         fence(h, state.volume_writer(&v.name));
+                        follow_reservations(h, state);
                     }
                 }
             }
@@ -449,7 +450,7 @@ impl Registry {
 
     /// Carry out a unit-wide event another member's port raised for volume `event.volume`
     /// (see `group::lu_events`). A volume not open here has no nexus to tell.
-    pub fn lu_event(&self, event: peer::LuEvent) -> Result<(), String> {
+    pub fn lu_event(&self, event: peer::LuEvent, state: &ClusterState) -> Result<(), String> {
         let handles: Vec<Arc<VolumeHandle>> = self
             .volumes
             .read()
@@ -459,8 +460,9 @@ impl Registry {
             .cloned()
             .collect();
         for h in handles {
-            if let Some(tmf) = crate::group::reset_of(event.kind) {
-                h.lu.reset_from_elsewhere(tmf);
+            match crate::group::reset_of(event.kind) {
+                Some(tmf) => h.lu.reset_from_elsewhere(tmf),
+                None => follow_reservations(&h, state),
             }
         }
         Ok(())
@@ -501,7 +503,22 @@ impl Registry {
             ),
         };
         let lu = Arc::new(LogicalUnit::new(dev.clone(), identity));
-        if snap.is_none() {
+        let shared = self.group.get().filter(|_| !local_reservations_fault());
+        if let (Some(g), None) = (shared, snap) {
+            // The group's record is the reservations' home; a volume whose reservations
+            // were only ever saved here (APTPL, before groups) starts from that file.
+            if v.reservations.revision == 0 {
+                if let Ok(bytes) = std::fs::read(self.pr_path_for(v)) {
+                    if let Err(e) = lu.restore_pr(&bytes) {
+                        tracing::error!(volume = %v.name, error = %e, "ignoring saved persistent reservations");
+                    }
+                }
+            }
+            lu.set_shared_reservations(Arc::new(crate::group::GroupReservations::new(
+                g.clone(),
+                v.id,
+            )));
+        } else if snap.is_none() {
             let pr_path = self.pr_path_for(v);
             match std::fs::read(&pr_path) {
                 Ok(bytes) => {
@@ -632,6 +649,25 @@ fn fence(h: &VolumeHandle, writer: Option<String>) {
         tracing::info!(target = %h.lu.identity().target_name, writer = ?writer, "write fence");
         h.lu.set_writer(writer);
     }
+}
+
+/// Bring a volume's logical unit up to the reservations the group recorded.
+fn follow_reservations(h: &VolumeHandle, state: &ClusterState) {
+    let id = h.volume.read().unwrap().id;
+    let at = h.lu.reservation_revision();
+    let newest = state
+        .volume_by_id(id)
+        .map_or(0, |v| v.reservations.revision);
+    if newest > at {
+        h.lu.apply_reservation_changes(&crate::group::changes_after(state, id, at));
+    }
+}
+
+/// `HAVEN_FAULT_LOCAL_RESERVATIONS=1` keeps each member's reservations to itself: the fault
+/// the cross-member reservation test must catch.
+fn local_reservations_fault() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var_os("HAVEN_FAULT_LOCAL_RESERVATIONS").is_some())
 }
 
 #[cfg(test)]

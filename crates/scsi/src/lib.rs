@@ -30,7 +30,7 @@ pub use lu::{
     CopyResolver, LogicalUnit, LuIdentity, NexusId, OtherPorts, Response, TargetPortGroup,
     TaskManagement, TmfResult,
 };
-pub use pr::{PrPersistence, PrRestoreError};
+pub use pr::{PrPersistence, PrRestoreError, ReservationConflict, SharedReservations};
 pub use sense::{Sense, SenseKey};
 
 /// SCSI status codes (SAM-5).

@@ -2,7 +2,7 @@
 
 use crate::cdb::Cdb;
 use crate::device::{BlockDevice, DeviceError};
-use crate::pr::{PrPersistence, PrRestoreError, ResState};
+use crate::pr::{PrPersistence, PrRestoreError, ResState, SharedReservations};
 use crate::rsoc::{self, Access, Lookup};
 use crate::sense::{codes, Check, Sense};
 use crate::status;
@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 /// An I_T nexus: one initiator port talking to the LU through one target port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NexusId {
     /// iSCSI initiator name, e.g. `iqn.1994-05.com.example:host1`.
     pub initiator_name: String,
@@ -173,7 +175,11 @@ pub struct LogicalUnit {
     pub(crate) resolver: RwLock<Option<CopyResolver>>,
     pub(crate) port_groups: RwLock<Option<Vec<TargetPortGroup>>>,
     pub(crate) other_ports: RwLock<Option<Arc<dyn OtherPorts>>>,
+    pub(crate) shared: RwLock<Option<Arc<dyn SharedReservations>>>,
 }
+
+/// The reservation state, locked for a change.
+pub(crate) type ResGuard<'a> = RwLockWriteGuard<'a, ResState>;
 
 /// How long a SANITIZE keeps the LU in "sanitize in progress" at least. Erasing a
 /// volume is a metadata operation here and would otherwise finish before an initiator
@@ -211,6 +217,7 @@ impl LogicalUnit {
             resolver: RwLock::new(None),
             port_groups: RwLock::new(None),
             other_ports: RwLock::new(None),
+            shared: RwLock::new(None),
         }
     }
 
@@ -321,6 +328,53 @@ impl LogicalUnit {
                 self.swp.store(false, Ordering::SeqCst);
                 self.ua.push_all(codes::UA_POWER_ON_OCCURRED);
             }
+        }
+    }
+
+    /// Keep the persistent reservations in `shared`, the record every port of the unit
+    /// follows, instead of this process alone.
+    pub fn set_shared_reservations(&self, shared: Arc<dyn SharedReservations>) {
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+    }
+
+    pub(crate) fn shared_reservations(&self) -> Option<Arc<dyn SharedReservations>> {
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The revision of the shared reservations this unit follows (0: none applied).
+    pub fn reservation_revision(&self) -> u64 {
+        self.res_read().revision
+    }
+
+    /// Follow changes of the shared reservations made at any port, oldest first, as
+    /// (revision, change): each newer than the one applied becomes the state, and raises
+    /// its unit attentions here. A change that cannot be read is skipped with an error
+    /// logged (the next one carries the whole state again).
+    pub fn apply_reservation_changes(&self, changes: &[(u64, Vec<u8>)]) {
+        let mut raised = Vec::new();
+        {
+            let mut r = self.res_write();
+            for (revision, bytes) in changes {
+                if *revision <= r.revision {
+                    continue;
+                }
+                match crate::pr::decode_change(bytes) {
+                    Ok(c) => {
+                        r.pr = c.state;
+                        r.revision = *revision;
+                        raised.push((c.notices, c.origin));
+                    }
+                    Err(e) => {
+                        tracing::error!(revision, error = %e, "unreadable reservation change");
+                    }
+                }
+            }
+        }
+        for (notices, origin) in raised {
+            crate::pr::raise(self, &notices, &origin);
         }
     }
 

@@ -16,6 +16,76 @@ pub trait PrPersistence: Send + Sync {
     fn save(&self, bytes: &[u8]) -> std::io::Result<()>;
 }
 
+/// Where the reservations live when the logical unit has ports in other processes (a
+/// group's members): one ordered record every port follows.
+///
+/// ```text
+///  PERSISTENT RESERVE OUT at port A: run it on A's copy of the state (revision r)
+///      commit(r, change) ──Ok(r+1)──► A's unit attentions; publish(r+1): every port applied it
+///                        └─Newer(changes)─► apply them, run the command again
+/// ```
+pub trait SharedReservations: Send + Sync {
+    /// Record `change` ([`LogicalUnit::apply_reservation_changes`] reads it) as the
+    /// revision after `base`; the new revision.
+    ///
+    /// [`LogicalUnit::apply_reservation_changes`]: crate::LogicalUnit::apply_reservation_changes
+    fn commit(&self, base: u64, change: &[u8]) -> Result<u64, ReservationConflict>;
+    /// Return once every other reachable port has applied `revision`. Called without the
+    /// unit's locks held.
+    fn publish(&self, revision: u64);
+}
+
+/// Why [`SharedReservations::commit`] did not record a change.
+#[derive(Debug)]
+pub enum ReservationConflict {
+    /// Another port changed the reservations first: these are the changes after `base`,
+    /// oldest first, as (revision, change).
+    Newer(Vec<(u64, Vec<u8>)>),
+    /// The record could not be written.
+    Failed(String),
+}
+
+/// A unit attention a change raises on the nexuses of these registrations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Notice {
+    pub ids: Vec<RegId>,
+    pub asc: u8,
+    pub ascq: u8,
+}
+
+/// One change of the reservations as other ports receive it: the whole state after it,
+/// and the unit attentions it raises (never on `origin`, the nexus that made it).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Change {
+    pub version: u32,
+    pub state: PrState,
+    pub notices: Vec<Notice>,
+    pub origin: NexusId,
+}
+
+pub(crate) fn encode_change(state: &PrState, notices: &[Notice], origin: &NexusId) -> Vec<u8> {
+    serde_json::to_vec(&Change {
+        version: 1,
+        state: state.clone(),
+        notices: notices.to_vec(),
+        origin: origin.clone(),
+    })
+    .unwrap_or_default()
+}
+
+pub(crate) fn decode_change(bytes: &[u8]) -> Result<Change, PrRestoreError> {
+    let c: Change =
+        serde_json::from_slice(bytes).map_err(|e| PrRestoreError::Malformed(e.to_string()))?;
+    if c.version != 1 {
+        return Err(PrRestoreError::Malformed(format!("version {}", c.version)));
+    }
+    Ok(c)
+}
+
+/// How often a PERSISTENT RESERVE OUT runs again after losing a race with another port
+/// before it reports BUSY.
+const MAX_RACES: usize = 16;
+
 /// Saved persistent reservation state could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PrRestoreError {
@@ -177,6 +247,8 @@ impl PrState {
 #[derive(Default)]
 pub(crate) struct ResState {
     pub pr: PrState,
+    /// The shared record's revision `pr` is at (see [`SharedReservations`]).
+    pub revision: u64,
     pub spc2: Option<NexusId>,
     /// The only initiator allowed to change the medium, when the group fences the volume
     /// to the host that owns its VM (see [`crate::LogicalUnit::set_writer`]).
@@ -336,6 +408,8 @@ struct Out<'a> {
     sark: u64,
     flags: u8,
     p: &'a [u8],
+    /// Unit attentions the command raises, sent once the change is recorded.
+    notices: std::cell::RefCell<Vec<Notice>>,
 }
 
 pub(crate) fn persistent_reserve_out(ctx: &Ctx) -> CmdResult {
@@ -351,30 +425,72 @@ pub(crate) fn persistent_reserve_out(ctx: &Ctx) -> CmdResult {
     if sa != 7 && flags & 0x08 == 0 && plen != 24 {
         return Err(codes::PARAM_LIST_LENGTH_ERROR.into());
     }
-    let o = Out {
-        ctx,
-        rk: be64(p, 0),
-        sark: be64(p, 8),
-        flags,
-        p,
-    };
-    let mut guard = ctx.lu.res_write();
-    let before = guard.pr.clone();
-    let pr = &mut guard.pr;
-    let res = match sa {
-        0 => register(&o, pr, false),
-        6 => register(&o, pr, true),
-        1 => reserve(&o, pr, scope, rtype),
-        2 => release(&o, pr, scope, rtype),
-        3 => clear(&o, pr),
-        4 | 5 => preempt(&o, pr, scope, rtype),
-        7 => register_and_move(&o, pr, scope, rtype),
-        _ => Err(invalid_cdb_field(1, Some(4)).into()),
-    };
-    if res.is_err() {
-        guard.pr = before;
-        return res.map(|_| Reply::good());
+    let shared = ctx.lu.shared_reservations();
+    for _ in 0..MAX_RACES {
+        let o = Out {
+            ctx,
+            rk: be64(p, 0),
+            sark: be64(p, 8),
+            flags,
+            p,
+            notices: Default::default(),
+        };
+        let mut guard = ctx.lu.res_write();
+        let before = guard.pr.clone();
+        let pr = &mut guard.pr;
+        let res = match sa {
+            0 => register(&o, pr, false),
+            6 => register(&o, pr, true),
+            1 => reserve(&o, pr, scope, rtype),
+            2 => release(&o, pr, scope, rtype),
+            3 => clear(&o, pr),
+            4 | 5 => preempt(&o, pr, scope, rtype),
+            7 => register_and_move(&o, pr, scope, rtype),
+            _ => Err(invalid_cdb_field(1, Some(4)).into()),
+        };
+        if res.is_err() {
+            guard.pr = before;
+            return res.map(|_| Reply::good());
+        }
+        let notices = o.notices.take();
+        if guard.pr == before && notices.is_empty() {
+            return Ok(Reply::good());
+        }
+        let Some(shared) = &shared else {
+            save_if_aptpl(ctx, &mut guard, before)?;
+            raise(ctx.lu, &notices, ctx.nexus);
+            return Ok(Reply::good());
+        };
+        let change = encode_change(&guard.pr, &notices, ctx.nexus);
+        match shared.commit(guard.revision, &change) {
+            Ok(revision) => {
+                guard.revision = revision;
+                drop(guard);
+                raise(ctx.lu, &notices, ctx.nexus);
+                shared.publish(revision);
+                return Ok(Reply::good());
+            }
+            Err(ReservationConflict::Newer(changes)) => {
+                guard.pr = before;
+                drop(guard);
+                ctx.lu.apply_reservation_changes(&changes);
+            }
+            Err(ReservationConflict::Failed(why)) => {
+                guard.pr = before;
+                tracing::warn!(error = %why, "recording persistent reservations failed");
+                return Err(codes::INSUFFICIENT_REGISTRATION_RESOURCES.into());
+            }
+        }
     }
+    Err(codes::INSUFFICIENT_REGISTRATION_RESOURCES.into())
+}
+
+/// The single-process path: APTPL state goes to the persistence hook.
+fn save_if_aptpl(
+    ctx: &Ctx,
+    guard: &mut crate::lu::ResGuard<'_>,
+    before: PrState,
+) -> Result<(), Fail> {
     if guard.pr != before && (guard.pr.aptpl || before.aptpl) {
         let bytes = encode(&guard.pr);
         let p = ctx
@@ -391,7 +507,17 @@ pub(crate) fn persistent_reserve_out(ctx: &Ctx) -> CmdResult {
             }
         }
     }
-    Ok(Reply::good())
+    Ok(())
+}
+
+/// Raise the unit attentions of `notices` on this process's nexuses, except `origin`.
+pub(crate) fn raise(lu: &crate::LogicalUnit, notices: &[Notice], origin: &NexusId) {
+    for n in notices {
+        let sense = Sense::new(crate::sense::SenseKey::UnitAttention, n.asc, n.ascq);
+        lu.ua.push_matching(sense, |x| {
+            x != origin && n.ids.iter().any(|id| id.matches(x))
+        });
+    }
 }
 
 fn key_check(o: &Out, pr: &PrState) -> Result<usize, Fail> {
@@ -403,11 +529,11 @@ fn key_check(o: &Out, pr: &PrState) -> Result<usize, Fail> {
 }
 
 fn notify(o: &Out, ids: &[RegId], s: Sense) {
-    let me = o.ctx.nexus;
-    o.ctx
-        .lu
-        .ua
-        .push_matching(s, |n| n != me && ids.iter().any(|id| id.matches(n)));
+    o.notices.borrow_mut().push(Notice {
+        ids: ids.to_vec(),
+        asc: s.asc,
+        ascq: s.ascq,
+    });
 }
 
 /// Removes registration `i`, releasing the reservation it held.

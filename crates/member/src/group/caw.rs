@@ -95,7 +95,7 @@ impl Group {
         epoch: u64,
     ) -> Result<Option<u64>, Fail> {
         let half = op.data.len() / 2;
-        if half == 0 || op.data.len() % 2 != 0 {
+        if half == 0 || !op.data.len().is_multiple_of(2) {
             return Err(Fail::Refused("compare and write without data".into()));
         }
         let expect = op.data.slice(..half);

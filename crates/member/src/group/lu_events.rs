@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a member waits for another to apply a unit-wide event.
-const EVENT_DEADLINE: Duration = Duration::from_secs(3);
+pub(super) const EVENT_DEADLINE: Duration = Duration::from_secs(3);
 
-/// Carries out unit-wide events that peers send for the volumes this member serves.
-pub type LuEventSink = Arc<dyn Fn(LuEvent) -> Result<(), String> + Send + Sync>;
+/// Carries out unit-wide events that peers send for the volumes this member serves, with
+/// the state they were made under (reservation changes come from it).
+pub type LuEventSink =
+    Arc<dyn Fn(LuEvent, &control::ClusterState) -> Result<(), String> + Send + Sync>;
 
 /// The other members' ports of one volume's logical unit.
 pub struct GroupPorts {
@@ -70,10 +72,15 @@ impl Group {
         let _ = self.lu_events.set(sink);
     }
 
-    /// A peer's unit-wide event for a volume served here.
-    pub(crate) fn lu_event(&self, event: LuEvent) -> Result<(), String> {
+    /// A peer's unit-wide event for a volume served here. New reservations are applied
+    /// once this member's state has them.
+    pub(crate) async fn lu_event(&self, event: LuEvent) -> Result<(), String> {
+        let state = match event.kind {
+            LuEventKind::Reservations => self.reservations_reach(event.volume, event.arg).await,
+            _ => self.control.state(),
+        };
         match self.lu_events.get() {
-            Some(sink) => sink(event),
+            Some(sink) => sink(event, &state),
             None => Err("this member serves no volumes yet".into()),
         }
     }

@@ -27,10 +27,12 @@ mod digest;
 mod dirty;
 mod liveness;
 mod lu_events;
+mod reservations;
 mod server;
 
 pub use device::GroupDevice;
 pub use lu_events::{reset_of, GroupPorts};
+pub use reservations::{changes_after, GroupReservations};
 pub use server::handle;
 
 use bytes::Bytes;

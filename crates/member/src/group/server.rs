@@ -61,6 +61,7 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
         Message::LuEvent(event) => group
             .lu_event(event)
+            .await
             .map(|()| Message::Ok)
             .map_err(Fail::Refused),
         Message::DirtyQuery { pgs } => Ok(Message::DirtyRegions(
