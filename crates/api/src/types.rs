@@ -67,6 +67,10 @@ pub struct SessionView {
     pub isid: String,
     pub member: String,
     pub portal: String,
+    /// The target (volume IQN) the session is logged in to; set where sessions of
+    /// several targets are listed together.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
 }
 
 /// A volume as the API shows it (never with CHAP secrets).

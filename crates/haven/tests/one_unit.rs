@@ -146,6 +146,17 @@ fn persistent_reservations_hold_across_member_portals() {
     let mut a = connect(0, "iqn.2026-11.org.haven:host-a");
     let mut b = connect(1, "iqn.2026-11.org.haven:host-b");
     let mut c = connect(2, "iqn.2026-11.org.haven:host-c");
+    // `volume show` lists the group's sessions, whichever member answers.
+    let show: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["volume", "show", "pr", "--json"])).unwrap();
+    let mut on: Vec<&str> = show["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["member"].as_str().unwrap())
+        .collect();
+    on.sort_unstable();
+    assert_eq!(on, ["member-1", "member-2", "member-3"], "{show}");
     let block = vec![0x5au8; 512];
     // Write through every member first, so each has seen its nexus before the change.
     a.write(0, &block, false).unwrap();

@@ -51,10 +51,12 @@ impl PortalDirectory {
     /// sessions went to while that member is up, else the one with the fewest sessions.
     fn member_for(&self, state: &ClusterState, target: &str) -> Option<String> {
         let mut affinity = self.affinity.lock().unwrap();
-        if let Some(m) = affinity
-            .get(target)
-            .and_then(|id| state.members.values().find(|m| m.node_id == *id && !m.down))
-        {
+        if let Some(m) = affinity.get(target).and_then(|id| {
+            state
+                .members
+                .values()
+                .find(|m| m.node_id == *id && !m.down && self.answering(m))
+        }) {
             return Some(format!("{},{}", m.portal, m.node_id));
         }
         let (address, node) = self.least_loaded_member(state)?;
@@ -67,10 +69,15 @@ impl PortalDirectory {
         // Other members' loads are polled by the group's liveness loop (about every second);
         // a member marked down is never chosen.
         let loads = self.registry.peer_loads();
-        state
-            .members
-            .values()
-            .filter(|m| !m.down)
+        // A member that stopped answering pings is not sent logins even before the group
+        // marks it down (that takes seconds); if none answers yet (just started), any up
+        // member will do.
+        let up: Vec<&control::Member> = state.members.values().filter(|m| !m.down).collect();
+        let answering: Vec<&control::Member> =
+            up.iter().copied().filter(|m| self.answering(m)).collect();
+        let candidates = if answering.is_empty() { up } else { answering };
+        candidates
+            .into_iter()
             .min_by_key(|m| {
                 let load = if m.name == self.registry.member {
                     self.registry.session_count()
@@ -80,6 +87,17 @@ impl PortalDirectory {
                 (load, m.node_id)
             })
             .map(|m| (format!("{},{}", m.portal, m.node_id), m.node_id))
+    }
+}
+
+impl PortalDirectory {
+    /// This member, or another that answered the group's pings within the last second.
+    fn answering(&self, m: &control::Member) -> bool {
+        m.name == self.registry.member
+            || self
+                .registry
+                .group()
+                .is_none_or(|g| g.reachable(m.node_id, std::time::Duration::from_secs(1)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The member's REST API (routes listed in the `api` crate), merged with the control
 //! plane's Raft routes on one port.
 
+use crate::group_sessions;
 use crate::Member;
 use api::{
     CloneVolume, CreateSnapshot, CreateVolume, ErrorBody, GroupStatus, MemberView, Resize, Restore,
@@ -83,6 +84,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/v1/load", get(load))
         .route("/v1/group", get(group_view))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/v1/sessions/here", get(sessions_here))
         .route("/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{name}/resize", post(resize_volume))
         .route("/v1/volumes/{name}/acl", put(set_acl))
@@ -350,8 +352,8 @@ fn replication(state: &control::ClusterState, v: &control::Volume) -> Option<api
     Some(r)
 }
 
-fn view(m: &Member, v: &control::Volume) -> VolumeView {
-    let mut view = VolumeView::from_volume(v, m.registry.sessions_of(&v.iqn()));
+fn view(m: &Member, v: &control::Volume, sessions: &[api::SessionView]) -> VolumeView {
+    let mut view = VolumeView::from_volume(v, group_sessions::of_target(sessions, &v.iqn()));
     view.replication = replication(&m.control.state(), v);
     view.space = m
         .registry
@@ -371,7 +373,14 @@ fn view(m: &Member, v: &control::Volume) -> VolumeView {
 
 async fn list_volumes(State(m): State<Arc<Member>>) -> ApiResult<Vec<VolumeView>> {
     let state = m.control.state();
-    Ok(Json(state.volumes.values().map(|v| view(&m, v)).collect()))
+    let sessions = group_sessions::of_group(&m).await;
+    Ok(Json(
+        state
+            .volumes
+            .values()
+            .map(|v| view(&m, v, &sessions))
+            .collect(),
+    ))
 }
 
 async fn show_volume(
@@ -380,7 +389,13 @@ async fn show_volume(
 ) -> ApiResult<VolumeView> {
     let state = m.control.state();
     let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
-    Ok(Json(view(&m, v)))
+    let sessions = group_sessions::of_group(&m).await;
+    Ok(Json(view(&m, v, &sessions)))
+}
+
+/// This member's own sessions (every target): other members gather the group's from it.
+async fn sessions_here(State(m): State<Arc<Member>>) -> ApiResult<Vec<api::SessionView>> {
+    Ok(Json(m.registry.all_sessions()))
 }
 
 fn chap_of(spec: Option<api::ChapSpec>) -> Result<Option<Chap>, ApiError> {
@@ -459,7 +474,10 @@ async fn create_volume(
     match apply(&m, cmd).await? {
         Outcome::Volume(v) => {
             settled(&m, &v).await?;
-            Ok((StatusCode::CREATED, Json(view(&m, &v))))
+            Ok((
+                StatusCode::CREATED,
+                Json(view(&m, &v, &m.registry.all_sessions())),
+            ))
         }
         other => Err(unexpected(other)),
     }
@@ -478,7 +496,7 @@ async fn delete_volume(
 ) -> ApiResult<serde_json::Value> {
     let state = m.control.state();
     let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
-    let sessions = m.registry.sessions_of(&v.iqn());
+    let sessions = group_sessions::of_target(&group_sessions::of_group(&m).await, &v.iqn());
     if !sessions.is_empty() && !q.force {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -530,7 +548,7 @@ async fn resize_volume(
     {
         Outcome::Volume(v) => {
             settled(&m, &v).await?;
-            Ok(Json(view(&m, &v)))
+            Ok(Json(view(&m, &v, &m.registry.all_sessions())))
         }
         other => Err(unexpected(other)),
     }
@@ -550,7 +568,7 @@ async fn set_acl(
     )
     .await?
     {
-        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        Outcome::Volume(v) => Ok(Json(view(&m, &v, &m.registry.all_sessions()))),
         other => Err(unexpected(other)),
     }
 }
@@ -562,7 +580,7 @@ async fn set_chap(
 ) -> ApiResult<VolumeView> {
     let chap = chap_of(req.chap)?;
     match apply(&m, Command::SetChap { name, chap }).await? {
-        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        Outcome::Volume(v) => Ok(Json(view(&m, &v, &m.registry.all_sessions()))),
         other => Err(unexpected(other)),
     }
 }
@@ -689,7 +707,7 @@ async fn restore_volume(
 ) -> ApiResult<VolumeView> {
     let state = m.control.state();
     let v = state.volumes.get(&name).ok_or_else(|| not_found(&name))?;
-    let sessions = m.registry.sessions_of(&v.iqn());
+    let sessions = group_sessions::of_target(&group_sessions::of_group(&m).await, &v.iqn());
     if !sessions.is_empty() && !req.force {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -711,7 +729,7 @@ async fn restore_volume(
     {
         Outcome::Volume(v) => {
             wait_restored(&m, &v).await?;
-            Ok(Json(view(&m, &v)))
+            Ok(Json(view(&m, &v, &m.registry.all_sessions())))
         }
         other => Err(unexpected(other)),
     }
@@ -735,7 +753,7 @@ async fn clone_volume(
     {
         Outcome::Volume(v) => {
             settled(&m, &v).await?;
-            Ok(Json(view(&m, &v)))
+            Ok(Json(view(&m, &v, &m.registry.all_sessions())))
         }
         other => Err(unexpected(other)),
     }
@@ -816,7 +834,7 @@ async fn set_snapshot_reserve(
     )
     .await?
     {
-        Outcome::Volume(v) => Ok(Json(view(&m, &v))),
+        Outcome::Volume(v) => Ok(Json(view(&m, &v, &m.registry.all_sessions()))),
         other => Err(unexpected(other)),
     }
 }

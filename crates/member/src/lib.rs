@@ -7,6 +7,7 @@
 pub mod config;
 pub mod directory;
 pub mod group;
+mod group_sessions;
 pub mod http;
 mod lineage;
 pub mod portal;

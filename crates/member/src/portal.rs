@@ -98,6 +98,16 @@ async fn send_all(stream: &TcpStream, out: &mut Outgoing) -> std::io::Result<()>
     }
 }
 
+/// Raised when a connection's task ends, for the commands it started.
+#[derive(Default)]
+struct ConnectionGone(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ConnectionGone {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
@@ -126,6 +136,8 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     let mut actions: Vec<Action> = Vec::with_capacity(64);
     let pool = exec::BufPool::default();
     let mut completed: Vec<Action> = Vec::with_capacity(8);
+    // Set when this function returns, however: commands still running stop retrying.
+    let gone = ConnectionGone::default();
 
     'conn: loop {
         send_some(&stream, &mut out)?;
@@ -304,8 +316,12 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                     let nexus = nexus.clone();
                     let done = done_tx.clone();
                     let pool = pool.clone();
+                    let gone = gone.0.clone();
                     tokio::task::spawn_blocking(move || {
-                        let (outcome, described) = exec::execute(&vol, &nexus, &cmd, &pool);
+                        let (outcome, described) =
+                            crate::group::abandon::for_command(&gone, || {
+                                exec::execute(&vol, &nexus, &cmd, &pool)
+                            });
                         let _ = done.send((cmd.itt, outcome, described));
                     });
                 }

@@ -585,23 +585,22 @@ impl Registry {
         }
     }
 
-    /// Sessions logged in to `iqn` (normal sessions only).
-    pub fn sessions_of(&self, iqn: &str) -> Vec<SessionView> {
-        let mut out: Vec<SessionView> = self
-            .sessions
+    /// Every normal session on this member, with its target.
+    pub fn all_sessions(&self) -> Vec<SessionView> {
+        self.sessions
             .lock()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.target.as_deref() == Some(iqn))
-            .map(|(k, e)| SessionView {
-                initiator: k.initiator.clone(),
-                isid: format!("{:012x}", k.isid),
-                member: self.member.clone(),
-                portal: e.portal.clone(),
+            .filter_map(|(k, e)| {
+                Some(SessionView {
+                    initiator: k.initiator.clone(),
+                    isid: format!("{:012x}", k.isid),
+                    member: self.member.clone(),
+                    portal: e.portal.clone(),
+                    target: k.target.clone()?,
+                })
             })
-            .collect();
-        out.sort_by(|a, b| (&a.initiator, &a.isid).cmp(&(&b.initiator, &b.isid)));
-        out
+            .collect()
     }
 
     /// Normal sessions on this member.

@@ -26,7 +26,8 @@ impl GroupDevice {
     /// Run a group operation from the engine's (blocking) thread.
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         let rt = self.group.rt.clone();
-        tokio::task::block_in_place(move || rt.block_on(f))
+        let gone = super::abandon::current();
+        tokio::task::block_in_place(move || rt.block_on(super::abandon::scoped(f, gone)))
     }
 
     fn bytes(&self, lba: u64) -> u64 {

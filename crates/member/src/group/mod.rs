@@ -20,6 +20,7 @@
 //! A one-member group takes none of these paths: `GroupDevice` calls the local store
 //! directly, inline on the connection's task.
 
+pub mod abandon;
 mod backfill;
 mod caw;
 mod device;
@@ -423,6 +424,11 @@ impl Group {
     /// Wait before the next attempt, according to why the last one failed. Returns the
     /// error to report when the device failed or the deadline passed.
     async fn backoff(&self, fail: Fail, seen: u64, deadline: Instant) -> Result<(), DeviceError> {
+        if abandon::abandoned() {
+            return Err(DeviceError::Io(std::io::Error::other(format!(
+                "the command's connection is gone; not retried after {fail:?}"
+            ))));
+        }
         if Instant::now() > deadline {
             return Err(DeviceError::Io(std::io::Error::other(format!(
                 "placement group unavailable: {fail:?}"
