@@ -172,6 +172,14 @@ pub struct Snapshot {
     pub size: u64,
     pub block_size: u32,
     pub created: u64,
+    /// A snapshot the group took in one cut: for each placement group of the volume's
+    /// replica class, the members that hold its copy of the snapshot. `None`: a single
+    /// member's snapshot, which every member serving the volume takes as it applies it.
+    #[serde(default)]
+    pub holders: Option<Vec<Vec<u64>>>,
+    /// Reserved for a group snapshot that is being taken (not served yet).
+    #[serde(default)]
+    pub pending: bool,
 }
 
 impl Snapshot {
@@ -259,6 +267,17 @@ pub enum Command {
         volume: String,
         name: String,
         created: u64,
+        /// A group snapshot: reserve it (id and name); its members take it in one cut and
+        /// then [`Command::CompleteSnapshot`] records who holds it.
+        #[serde(default)]
+        in_group: bool,
+    },
+    /// The members of a group took a snapshot reserved with `in_group`: `holders[pg]` hold
+    /// its copy of placement group `pg`.
+    CompleteSnapshot {
+        volume: String,
+        name: String,
+        holders: Vec<Vec<u64>>,
     },
     DeleteSnapshot {
         volume: String,
@@ -379,17 +398,18 @@ impl ClusterState {
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         if matches!(
             cmd,
-            Command::CreateSnapshot { .. }
-                | Command::CloneVolume { .. }
+            Command::CreateSnapshot {
+                in_group: false,
+                ..
+            } | Command::CloneVolume { .. }
                 | Command::RestoreVolume { .. }
         ) && self.members.len() > 1
         {
-            // Each member snapshots its own copies; a snapshot target would read only the
-            // copies of the member serving it. Refused until snapshots are taken and read
-            // across the group.
+            // A snapshot in a group is taken by its members in one cut (`in_group`); clones
+            // and restores of such snapshots are not built yet.
             return refuse(
                 RefusalKind::Invalid,
-                "snapshots, clones and restores are not yet supported in a group of several members",
+                "clones and restores are not yet supported in a group of several members",
             );
         }
         match cmd {
@@ -575,10 +595,34 @@ impl ClusterState {
                 vol.parent = None;
                 Outcome::Volume(vol.clone())
             }
+            Command::CompleteSnapshot {
+                volume,
+                name,
+                holders,
+            } => match self
+                .snapshots
+                .get_mut(&volume)
+                .and_then(|s| s.get_mut(&name))
+            {
+                Some(s) if s.pending => {
+                    s.pending = false;
+                    s.holders = Some(holders);
+                    Outcome::Snapshot(s.clone())
+                }
+                Some(_) => refuse(
+                    RefusalKind::Invalid,
+                    format!("snapshot {volume}@{name} is not being taken"),
+                ),
+                None => refuse(
+                    RefusalKind::NotFound,
+                    format!("no snapshot {volume}@{name}"),
+                ),
+            },
             Command::CreateSnapshot {
                 volume,
                 name,
                 created,
+                in_group,
             } => {
                 let Some(vol) = self.volumes.get(&volume) else {
                     return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
@@ -613,6 +657,8 @@ impl ClusterState {
                     size: vol.size,
                     block_size: vol.block_size,
                     created,
+                    holders: in_group.then(Vec::new),
+                    pending: in_group,
                 };
                 snaps.insert(name, snap.clone());
                 Outcome::Snapshot(snap)
@@ -773,6 +819,7 @@ mod tests {
             volume: v.into(),
             name: n.into(),
             created: 0,
+            in_group: false,
         };
         let Outcome::Snapshot(a) = s.apply(snap("vol1", "a")) else {
             panic!()
@@ -840,6 +887,7 @@ mod tests {
                 volume: "v".into(),
                 name: format!("s{i}"),
                 created: 0,
+                in_group: false,
             });
             assert!(matches!(o, Outcome::Snapshot(_)));
         }
@@ -847,6 +895,7 @@ mod tests {
             volume: "v".into(),
             name: "one-more".into(),
             created: 0,
+            in_group: false,
         });
         assert!(matches!(
             o,

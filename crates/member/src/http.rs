@@ -667,21 +667,76 @@ async fn create_snapshot(
     Path(name): Path<String>,
     Json(req): Json<CreateSnapshot>,
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
-    match apply(
+    let state = m.control.state();
+    let in_group = state.members.len() > 1;
+    let s = match apply(
         &m,
         Command::CreateSnapshot {
-            volume: name,
+            volume: name.clone(),
             name: req.name,
             created: now(),
+            in_group,
         },
     )
     .await?
     {
-        Outcome::Snapshot(s) => {
-            serving(&m, &s.iqn()).await?;
-            Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
+        Outcome::Snapshot(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let s = if in_group {
+        take_group_snapshot(&m, s).await?
+    } else {
+        s
+    };
+    serving(&m, &s.iqn()).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
+}
+
+/// The members take a reserved group snapshot in one cut; it is recorded with its
+/// holders, or dropped again if the group could not take it.
+async fn take_group_snapshot(
+    m: &Member,
+    s: control::Snapshot,
+) -> Result<control::Snapshot, ApiError> {
+    let Some(group) = m.registry.group() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this member has no group data path".into(),
+        ));
+    };
+    match group.take_snapshot(s.volume_id, s.id).await {
+        Ok(holders) => match apply(
+            m,
+            Command::CompleteSnapshot {
+                volume: s.volume.clone(),
+                name: s.name.clone(),
+                holders,
+            },
+        )
+        .await?
+        {
+            Outcome::Snapshot(done) => Ok(done),
+            other => Err(unexpected(other)),
+        },
+        Err(why) => {
+            let _ = apply(
+                m,
+                Command::DeleteSnapshot {
+                    volume: s.volume.clone(),
+                    name: s.name.clone(),
+                },
+            )
+            .await;
+            Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "the group could not take snapshot {}@{}: {why}",
+                    s.volume, s.name
+                ),
+            ))
         }
-        other => Err(unexpected(other)),
     }
 }
 

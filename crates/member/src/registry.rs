@@ -246,7 +246,8 @@ impl Registry {
                 let mut snaps: Vec<&Snapshot> = snaps.values().collect();
                 snaps.sort_by_key(|s| s.id);
                 for s in snaps {
-                    if have.contains(&s.id) {
+                    // A group's snapshot is taken by its members in one cut, never here.
+                    if have.contains(&s.id) || s.holders.is_some() {
                         continue;
                     }
                     if s.id <= self.snapshot_high_water(v.id) {
@@ -327,7 +328,8 @@ impl Registry {
         for v in state.volumes.values() {
             wanted.insert(v.iqn(), (v, None));
             if let Some(snaps) = state.snapshots.get(&v.name) {
-                for s in snaps.values() {
+                // A group snapshot is served once its members took it.
+                for s in snaps.values().filter(|s| !s.pending) {
                     wanted.insert(s.iqn(), (v, Some(s)));
                 }
             }
@@ -493,7 +495,12 @@ impl Registry {
                 },
             ),
             Some(s) => (
-                self.store.open_snapshot(v.id, s.id).map_err(store_err)?,
+                match (s.holders.is_some(), self.group.get()) {
+                    (true, Some(g)) => {
+                        Arc::new(crate::group::GroupSnapshotDevice::new(g.clone(), v, s))
+                    }
+                    _ => self.store.open_snapshot(v.id, s.id).map_err(store_err)?,
+                },
                 LuIdentity {
                     naa: naa_for_snapshot(s, s.created),
                     serial: format!("{:08x}{:08x}", v.id as u32, s.id as u32),

@@ -58,7 +58,7 @@ pub use engine::{
 pub use error::{Error, ErrorKind, PayloadError, ProtocolError, WireError};
 pub use message::{
     ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, LuEvent, LuEventKind, MemberId, Message, PgId,
-    ReadOp, Region, VolumeId, WriteOp, MAX_DATA,
+    ReadOp, Region, SnapshotOp, SnapshotRead, VolumeId, WriteOp, MAX_DATA,
 };
 pub use transport::{serve, serve_connection, ClientConfig, PeerClient, ServerConfig};
 pub use wire::{Decoder, Frame, HEADER_LEN, MAX_PAYLOAD};

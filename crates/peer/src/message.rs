@@ -159,6 +159,14 @@ pub enum Message {
     /// Something happened to a volume's logical unit at another member's port that every
     /// port must see (a LUN reset; new reservations at revision `arg`).
     LuEvent(LuEvent),
+    /// Stop changing the volume (refuse its writes), let those under way finish, take the
+    /// store snapshot `snapshot` of it, answer; stay frozen until [`Message::Thaw`] (or a
+    /// time limit).
+    Freeze(SnapshotOp),
+    /// The group took the snapshot (or gave up): accept the volume's writes again.
+    Thaw(SnapshotOp),
+    /// Bytes of a snapshot's copy held by the receiver.
+    SnapshotRead(SnapshotRead),
 
     HelloAck(HelloAck),
     Ok,
@@ -179,6 +187,22 @@ pub enum Message {
     Miscompare {
         offset: u64,
     },
+}
+
+/// A volume and one of its snapshots (by the ids the control plane gave them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotOp {
+    pub volume: VolumeId,
+    pub snapshot: u64,
+}
+
+/// `len` bytes at byte `offset` of a snapshot of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRead {
+    pub volume: VolumeId,
+    pub snapshot: u64,
+    pub offset: u64,
+    pub len: u32,
 }
 
 /// A logical-unit event that one member's port raises for every member's ports.
@@ -241,6 +265,9 @@ pub mod kind {
     pub const STATUS: u8 = 0x14;
     pub const COMPARE_AND_WRITE: u8 = 0x15;
     pub const LU_EVENT: u8 = 0x50;
+    pub const FREEZE: u8 = 0x51;
+    pub const THAW: u8 = 0x52;
+    pub const SNAPSHOT_READ: u8 = 0x16;
 
     pub const HELLO_ACK: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -270,6 +297,9 @@ pub mod kind {
                 | STATUS
                 | COMPARE_AND_WRITE
                 | LU_EVENT
+                | FREEZE
+                | THAW
+                | SNAPSHOT_READ
                 | HELLO_ACK
                 | OK
                 | DATA
@@ -312,6 +342,9 @@ impl Message {
             Message::Provisioning { .. } => kind::PROVISIONING,
             Message::CompareAndWrite(_) => kind::COMPARE_AND_WRITE,
             Message::LuEvent(_) => kind::LU_EVENT,
+            Message::Freeze(_) => kind::FREEZE,
+            Message::Thaw(_) => kind::THAW,
+            Message::SnapshotRead(_) => kind::SNAPSHOT_READ,
             Message::Miscompare { .. } => kind::MISCOMPARE,
             Message::HelloAck(_) => kind::HELLO_ACK,
             Message::Ok => kind::OK,
@@ -352,6 +385,8 @@ impl Message {
                 WRITE_FIXED + w.data.len()
             }
             Message::LuEvent(_) => 8 + 1 + 8,
+            Message::Freeze(_) | Message::Thaw(_) => 8 + 8,
+            Message::SnapshotRead(_) => 8 + 8 + 8 + 4,
             Message::Miscompare { .. } => 8,
             Message::Read(_) => 8 + 4 + 8 + 4,
             Message::Flush(_) | Message::ReplicaFlush(_) => 8,
@@ -421,6 +456,16 @@ impl Message {
                 dst.put_u64(e.arg);
             }
             Message::Miscompare { offset } => dst.put_u64(*offset),
+            Message::Freeze(f) | Message::Thaw(f) => {
+                dst.put_u64(f.volume);
+                dst.put_u64(f.snapshot);
+            }
+            Message::SnapshotRead(r) => {
+                dst.put_u64(r.volume);
+                dst.put_u64(r.snapshot);
+                dst.put_u64(r.offset);
+                dst.put_u32(r.len);
+            }
             Message::Ok => {}
             Message::Data(d) => dst.put_slice(d),
             Message::Error(e) => {
@@ -494,6 +539,26 @@ impl Message {
                 })
             }
             kind::MISCOMPARE => Message::Miscompare { offset: r.u64()? },
+            kind::FREEZE => Message::Freeze(SnapshotOp {
+                volume: r.u64()?,
+                snapshot: r.u64()?,
+            }),
+            kind::THAW => Message::Thaw(SnapshotOp {
+                volume: r.u64()?,
+                snapshot: r.u64()?,
+            }),
+            kind::SNAPSHOT_READ => {
+                let op = SnapshotRead {
+                    volume: r.u64()?,
+                    snapshot: r.u64()?,
+                    offset: r.u64()?,
+                    len: r.u32()?,
+                };
+                if op.len as usize > MAX_DATA {
+                    return Err(PayloadError::ReadTooLong { len: op.len });
+                }
+                Message::SnapshotRead(op)
+            }
             kind::READ => {
                 let op = ReadOp {
                     volume: r.u64()?,
@@ -771,6 +836,20 @@ mod tests {
                 arg: 17,
             }),
             Message::Miscompare { offset: 33 },
+            Message::Freeze(SnapshotOp {
+                volume: 3,
+                snapshot: 4,
+            }),
+            Message::Thaw(SnapshotOp {
+                volume: 3,
+                snapshot: 4,
+            }),
+            Message::SnapshotRead(SnapshotRead {
+                volume: 3,
+                snapshot: 4,
+                offset: 4096,
+                len: 512,
+            }),
         ] {
             roundtrip(m);
         }

@@ -3,7 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use peer::message::{
-    ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, LuEvent, LuEventKind, ReadOp, Region, WriteOp,
+    ErrorCode, ErrorReply, FlushOp, Hello, HelloAck, LuEvent, LuEventKind, ReadOp, Region,
+    SnapshotOp, SnapshotRead, WriteOp,
 };
 use peer::{Decoder, Frame, Message, HEADER_LEN};
 use proptest::prelude::*;
@@ -125,6 +126,24 @@ fn message() -> impl Strategy<Value = Message> {
                 arg
             })),
         any::<u64>().prop_map(|offset| Message::Miscompare { offset }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(volume, snapshot)| Message::Freeze(SnapshotOp { volume, snapshot })),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(volume, snapshot)| Message::Thaw(SnapshotOp { volume, snapshot })),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            0..=peer::MAX_DATA as u32
+        )
+            .prop_map(|(volume, snapshot, offset, len)| Message::SnapshotRead(
+                SnapshotRead {
+                    volume,
+                    snapshot,
+                    offset,
+                    len
+                }
+            )),
     ]
 }
 

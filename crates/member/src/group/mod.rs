@@ -30,11 +30,13 @@ mod liveness;
 mod lu_events;
 mod reservations;
 mod server;
+mod snapshots;
 
 pub use device::GroupDevice;
 pub use lu_events::{reset_of, GroupPorts};
 pub use reservations::{changes_after, GroupReservations};
 pub use server::handle;
+pub use snapshots::GroupSnapshotDevice;
 
 use bytes::Bytes;
 use control::{ClusterState, ControlPlane, CHUNK_BYTES, PG_COUNT};
@@ -154,6 +156,10 @@ pub struct Group {
     timing: Timing,
     /// Where peers' unit-wide events for this member's logical units go.
     lu_events: std::sync::OnceLock<lu_events::LuEventSink>,
+    /// Volumes frozen while the group takes a snapshot of them.
+    frozen: snapshots::Frozen,
+    /// Snapshots of this member's store opened to serve other members' reads.
+    snapshot_devices: Mutex<HashMap<(u64, u64), Arc<dyn scsi::BlockDevice>>>,
 }
 
 /// The group's waits, from the member's configuration.
@@ -203,6 +209,8 @@ impl Group {
             ready: AtomicBool::new(false),
             timing,
             lu_events: std::sync::OnceLock::new(),
+            frozen: Default::default(),
+            snapshot_devices: Mutex::default(),
         })
     }
 
@@ -712,6 +720,7 @@ impl Group {
         let _gate = self.gate(pg).read().await;
         let _range = self.write_range(volume, offset, len).await;
         let copies = self.as_primary(volume, pg, epoch)?;
+        self.check_not_frozen(volume)?;
         let vol = self.local(volume)?;
         if let Some(expect) = expect {
             let v = vol.clone();

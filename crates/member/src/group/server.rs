@@ -18,7 +18,10 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         // Shared chunk lock: a discard of a released copy (exclusive) never interleaves.
         Message::ReplicaWrite(op) => {
             let _chunk = group.replica_lock_of(op.volume, op.offset).read().await;
-            match copy_of(&group, op.volume, op.pg) {
+            match group
+                .check_not_frozen(op.volume)
+                .and_then(|()| copy_of(&group, op.volume, op.pg))
+            {
                 Ok((vol, replicas)) => {
                     let len = op.data.len() as u64;
                     group
@@ -33,7 +36,10 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         }
         Message::ReplicaUnmap(r) => {
             let _chunk = group.replica_lock_of(r.volume, r.offset).read().await;
-            match copy_of(&group, r.volume, r.pg) {
+            match group
+                .check_not_frozen(r.volume)
+                .and_then(|()| copy_of(&group, r.volume, r.pg))
+            {
                 Ok((vol, replicas)) => {
                     group
                         .dirty
@@ -59,6 +65,12 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
                 })
         }
         Message::Ping { nonce } => Ok(Message::Pong { nonce }),
+        Message::Freeze(op) => group.freeze(op).await.map(|()| Message::Ok),
+        Message::Thaw(op) => {
+            group.thaw(op);
+            Ok(Message::Ok)
+        }
+        Message::SnapshotRead(op) => group.snapshot_read(op).await.map(Message::Data),
         Message::LuEvent(event) => group
             .lu_event(event)
             .await
