@@ -227,6 +227,9 @@ pub struct SnapshotView {
     pub iqn: String,
     pub size: u64,
     pub created: u64,
+    /// The snapshots of the other volumes taken in the same cut (`CreateSnapshot::with`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with: Vec<SnapshotView>,
 }
 
 impl SnapshotView {
@@ -237,6 +240,7 @@ impl SnapshotView {
             iqn: s.iqn(),
             size: s.size,
             created: s.created,
+            with: Vec::new(),
         }
     }
 }
@@ -244,6 +248,9 @@ impl SnapshotView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateSnapshot {
     pub name: String,
+    /// More volumes to snapshot in the same cut, under the same name (all disks of a VM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! Snapshots of a volume spread over a three-member group are one point in time.
 //!
 //! One client writes numbered records one after another (each waits for the one before
-//! to be acknowledged), each to another chunk, so consecutive records live on different
-//! placement groups and primaries. Snapshots taken meanwhile must each hold a prefix of
-//! the records: record n without record n-1 would be a cut torn across members. Each
-//! snapshot reads the same through every member's portal, and the volume goes on.
+//! to be acknowledged), alternately to two volumes (the disks of one VM) and each to
+//! another chunk, so consecutive records live on different volumes, placement groups and
+//! primaries. Snapshots of both volumes taken together meanwhile must hold a prefix of
+//! the records: record n without record n-1 would be a cut torn across members or
+//! volumes. Each snapshot reads the same through every member's portal, and the volumes
+//! go on.
 
 mod support;
 
@@ -20,9 +22,14 @@ const CHUNK_BLOCKS: u64 = 8192;
 /// Chunks the records rotate over (the volume is 64 MiB).
 const CHUNKS: u64 = 16;
 
-/// Where record `i` lives: chunk `i % CHUNKS`, block `i / CHUNKS` within it.
-fn lba_of(i: u64) -> u64 {
-    (i % CHUNKS) * CHUNK_BLOCKS + i / CHUNKS
+/// The two volumes records alternate between.
+const VOLUMES: [&str; 2] = ["cut", "cut2"];
+
+/// Where record `i` lives: volume `i % 2`; in it, chunk `j % CHUNKS`, block `j / CHUNKS`
+/// (`j = i / 2`).
+fn place_of(i: u64) -> (usize, u64) {
+    let j = i / 2;
+    ((i % 2) as usize, (j % CHUNKS) * CHUNK_BLOCKS + j / CHUNKS)
 }
 
 fn portals(lab: &Lab) -> Vec<String> {
@@ -34,14 +41,26 @@ fn portals(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// Which of records `0..n` a snapshot target holds, read through `portal`.
-fn records_in(portal: &str, target: &str, n: u64) -> Vec<bool> {
-    let mut c = Initiator::connect(portal, target, "iqn.2026-11.org.haven:snap-reader")
-        .unwrap_or_else(|e| panic!("login to {target} at {portal}: {e:?}"));
-    c.settle();
+/// Which of records `0..n` the two targets hold (the volumes, or their snapshots `snap`),
+/// read through `portal`.
+fn records_in(portal: &str, snap: Option<&str>, n: u64) -> Vec<bool> {
+    let mut readers: Vec<Initiator> = VOLUMES
+        .iter()
+        .map(|v| {
+            let target = match snap {
+                Some(s) => format!("iqn.2026-11.org.haven:{v}:snap:{s}"),
+                None => format!("iqn.2026-11.org.haven:{v}"),
+            };
+            let mut c = Initiator::connect(portal, &target, "iqn.2026-11.org.haven:snap-reader")
+                .unwrap_or_else(|e| panic!("login to {target} at {portal}: {e:?}"));
+            c.settle();
+            c
+        })
+        .collect();
     (0..n)
         .map(|i| {
-            let block = c.read(lba_of(i), 1).expect("read the snapshot");
+            let (v, lba) = place_of(i);
+            let block = readers[v].read(lba, 1).expect("read a record");
             u64::from_be_bytes(block[..8].try_into().unwrap()) == i + 1
         })
         .collect()
@@ -50,33 +69,33 @@ fn records_in(portal: &str, target: &str, n: u64) -> Vec<bool> {
 #[test]
 fn a_group_snapshot_is_one_cut_across_members() {
     let lab = Lab::up_group(3);
-    lab.ok(&[
-        "volume",
-        "create",
-        "cut",
-        "--size",
-        "64MiB",
-        "--replicas",
-        "2",
-    ]);
+    for v in VOLUMES {
+        lab.ok(&["volume", "create", v, "--size", "64MiB", "--replicas", "2"]);
+    }
     let p = portals(&lab);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
         let (stop, written, portal) = (stop.clone(), written.clone(), p[0].clone());
         thread::spawn(move || {
-            let mut c = Initiator::connect(
-                &portal,
-                "iqn.2026-11.org.haven:cut",
-                "iqn.2026-11.org.haven:recorder",
-            )
-            .expect("login");
-            c.settle();
+            let mut disks: Vec<Initiator> = VOLUMES
+                .iter()
+                .map(|v| {
+                    let target = format!("iqn.2026-11.org.haven:{v}");
+                    let mut c =
+                        Initiator::connect(&portal, &target, "iqn.2026-11.org.haven:recorder")
+                            .expect("login");
+                    c.settle();
+                    c
+                })
+                .collect();
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && i < CHUNKS * CHUNK_BLOCKS {
+            while !stop.load(Ordering::Relaxed) && i < 2 * CHUNKS * CHUNK_BLOCKS {
                 let mut block = vec![0u8; 512];
                 block[..8].copy_from_slice(&(i + 1).to_be_bytes());
-                c.write(lba_of(i), &block, false)
+                let (v, lba) = place_of(i);
+                disks[v]
+                    .write(lba, &block, false)
                     .unwrap_or_else(|e| panic!("record {i}: {e:?}"));
                 i += 1;
                 written.store(i, Ordering::Relaxed);
@@ -87,7 +106,7 @@ fn a_group_snapshot_is_one_cut_across_members() {
     for name in snapshots {
         thread::sleep(Duration::from_millis(700));
         let before = written.load(Ordering::Relaxed);
-        lab.ok(&["snapshot", "create", "cut", name]);
+        lab.ok(&["snapshot", "create", "cut", name, "--with", "cut2"]);
         let after = written.load(Ordering::Relaxed);
         println!("snapshot {name} taken while records {before}..{after} were written");
     }
@@ -99,8 +118,7 @@ fn a_group_snapshot_is_one_cut_across_members() {
 
     let mut prev = 0;
     for name in snapshots {
-        let target = format!("iqn.2026-11.org.haven:cut:snap:{name}");
-        let seen = records_in(&p[1], &target, n);
+        let seen = records_in(&p[1], Some(name), n);
         let k = seen.iter().take_while(|&&x| x).count();
         let torn: Vec<usize> = (k..seen.len()).filter(|&i| seen[i]).collect();
         assert!(
@@ -114,7 +132,7 @@ fn a_group_snapshot_is_one_cut_across_members() {
         );
         prev = k;
         for portal in [&p[0], &p[2]] {
-            let there = records_in(portal, &target, n);
+            let there = records_in(portal, Some(name), n);
             let differ: Vec<usize> = (0..seen.len()).filter(|&i| there[i] != seen[i]).collect();
             assert!(
                 differ.is_empty(),
@@ -124,7 +142,7 @@ fn a_group_snapshot_is_one_cut_across_members() {
         }
         println!("snapshot {name}: records 0..{k} of {n}, the same through every portal");
     }
-    // The volume itself holds every record.
-    let live = records_in(&p[2], "iqn.2026-11.org.haven:cut", n);
-    assert!(live.iter().all(|&x| x), "the volume lost records");
+    // The volumes themselves hold every record.
+    let live = records_in(&p[2], None, n);
+    assert!(live.iter().all(|&x| x), "the volumes lost records");
 }

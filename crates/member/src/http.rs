@@ -667,37 +667,72 @@ async fn create_snapshot(
     Path(name): Path<String>,
     Json(req): Json<CreateSnapshot>,
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
-    let state = m.control.state();
-    let in_group = state.members.len() > 1;
-    let s = match apply(
-        &m,
-        Command::CreateSnapshot {
-            volume: name.clone(),
-            name: req.name,
-            created: now(),
-            in_group,
-        },
-    )
-    .await?
-    {
-        Outcome::Snapshot(s) => s,
-        other => return Err(unexpected(other)),
-    };
-    let s = if in_group {
-        take_group_snapshot(&m, s).await?
+    let mut volumes = vec![name];
+    for w in req.with {
+        if !volumes.contains(&w) {
+            volumes.push(w);
+        }
+    }
+    // Several volumes, or several members: one cut, taken by the members together.
+    let in_group = m.control.state().members.len() > 1 || volumes.len() > 1;
+    let mut reserved = Vec::new();
+    for volume in &volumes {
+        let taken = apply(
+            &m,
+            Command::CreateSnapshot {
+                volume: volume.clone(),
+                name: req.name.clone(),
+                created: now(),
+                in_group,
+            },
+        )
+        .await;
+        match taken {
+            Ok(Outcome::Snapshot(s)) => reserved.push(s),
+            Ok(other) => {
+                drop_snapshots(&m, &reserved).await;
+                return Err(unexpected(other));
+            }
+            Err(e) => {
+                drop_snapshots(&m, &reserved).await;
+                return Err(e);
+            }
+        }
+    }
+    let taken = if in_group {
+        take_group_snapshots(&m, reserved).await?
     } else {
-        s
+        reserved
     };
-    serving(&m, &s.iqn()).await?;
-    Ok((StatusCode::CREATED, Json(SnapshotView::from_snapshot(&s))))
+    for s in &taken {
+        serving(&m, &s.iqn()).await?;
+    }
+    let mut views = taken.iter().map(SnapshotView::from_snapshot);
+    let mut first = views.next().ok_or_else(|| unexpected(Outcome::Ok))?;
+    first.with = views.collect();
+    Ok((StatusCode::CREATED, Json(first)))
 }
 
-/// The members take a reserved group snapshot in one cut; it is recorded with its
-/// holders, or dropped again if the group could not take it.
-async fn take_group_snapshot(
+/// Forget reserved snapshots the group did not take.
+async fn drop_snapshots(m: &Member, snaps: &[control::Snapshot]) {
+    for s in snaps {
+        let _ = apply(
+            m,
+            Command::DeleteSnapshot {
+                volume: s.volume.clone(),
+                name: s.name.clone(),
+            },
+        )
+        .await;
+    }
+}
+
+/// The members take reserved snapshots in one cut; they are recorded with their holders,
+/// or dropped again if the group could not take them.
+async fn take_group_snapshots(
     m: &Member,
-    s: control::Snapshot,
-) -> Result<control::Snapshot, ApiError> {
+    reserved: Vec<control::Snapshot>,
+) -> Result<Vec<control::Snapshot>, ApiError> {
     let Some(group) = m.registry.group() else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -705,8 +740,25 @@ async fn take_group_snapshot(
             "this member has no group data path".into(),
         ));
     };
-    match group.take_snapshot(s.volume_id, s.id).await {
-        Ok(holders) => match apply(
+    let ids: Vec<(u64, u64)> = reserved.iter().map(|s| (s.volume_id, s.id)).collect();
+    let holders = match group.take_snapshots(&ids).await {
+        Ok(h) => h,
+        Err(why) => {
+            drop_snapshots(m, &reserved).await;
+            let names: Vec<String> = reserved
+                .iter()
+                .map(|s| format!("{}@{}", s.volume, s.name))
+                .collect();
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the group could not take {}: {why}", names.join(", ")),
+            ));
+        }
+    };
+    let mut done = Vec::new();
+    for (s, holders) in reserved.iter().zip(holders) {
+        match apply(
             m,
             Command::CompleteSnapshot {
                 volume: s.volume.clone(),
@@ -716,28 +768,11 @@ async fn take_group_snapshot(
         )
         .await?
         {
-            Outcome::Snapshot(done) => Ok(done),
-            other => Err(unexpected(other)),
-        },
-        Err(why) => {
-            let _ = apply(
-                m,
-                Command::DeleteSnapshot {
-                    volume: s.volume.clone(),
-                    name: s.name.clone(),
-                },
-            )
-            .await;
-            Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!(
-                    "the group could not take snapshot {}@{}: {why}",
-                    s.volume, s.name
-                ),
-            ))
+            Outcome::Snapshot(t) => done.push(t),
+            other => return Err(unexpected(other)),
         }
     }
+    Ok(done)
 }
 
 async fn delete_snapshot(

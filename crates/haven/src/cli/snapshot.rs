@@ -10,6 +10,10 @@ pub enum SnapshotCommand {
     Create {
         volume: String,
         snapshot: String,
+        /// Another volume to snapshot in the same instant (repeat for each: all disks of
+        /// a VM); each gets a snapshot of the same name.
+        #[arg(long = "with", value_name = "VOLUME")]
+        with: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -56,22 +60,31 @@ pub async fn run(cmd: SnapshotCommand, api: &Option<String>) -> anyhow::Result<(
         SnapshotCommand::Create {
             volume,
             snapshot,
+            with,
             json,
         } => {
             let v = super::volume::checked(&volume)?;
+            for w in &with {
+                super::volume::checked(w)?;
+            }
             let s: SnapshotView = client
                 .post(
                     &format!("/v1/volumes/{v}/snapshots"),
-                    &CreateSnapshot { name: snapshot },
+                    &CreateSnapshot {
+                        name: snapshot,
+                        with,
+                    },
                 )
                 .await?;
             if json {
                 output::json(&s)
             } else {
-                println!(
-                    "snapshot {}@{} taken; read-only target {}",
-                    s.volume, s.name, s.iqn
-                );
+                for t in std::iter::once(&s).chain(&s.with) {
+                    println!(
+                        "snapshot {}@{} taken; read-only target {}",
+                        t.volume, t.name, t.iqn
+                    );
+                }
                 Ok(())
             }
         }

@@ -71,8 +71,8 @@ impl Group {
     /// take the store snapshot.
     pub(crate) async fn freeze(self: &Arc<Self>, op: SnapshotOp) -> Result<(), Fail> {
         if no_freeze_fault() {
-            // Each member at its own moment, as over a real network (0-20 ms apart).
-            let skew = (self.node * 7 + op.snapshot * 13) % 21;
+            // Each member at its own moment, as over a real network (0-50 ms apart).
+            let skew = (self.node * 0x9E37_79B9 ^ op.volume * 31 ^ op.snapshot * 13) % 51;
             tokio::time::sleep(Duration::from_millis(skew)).await;
             let store = self.store.clone();
             return blocking(move || {
@@ -117,47 +117,53 @@ impl Group {
         }
     }
 
-    /// Take snapshot `snapshot` (reserved in the control plane) of volume `volume` across
-    /// the group in one cut; the holders of each placement group's copy.
-    pub async fn take_snapshot(
+    /// Take snapshots (reserved in the control plane) of several volumes, as (volume,
+    /// snapshot), across the group in one cut; for each, the holders of each placement
+    /// group's copy.
+    pub async fn take_snapshots(
         self: &Arc<Self>,
-        volume: u64,
-        snapshot: u64,
-    ) -> Result<Vec<Vec<u64>>, String> {
+        snaps: &[(u64, u64)],
+    ) -> Result<Vec<Vec<Vec<u64>>>, String> {
         let before = self.control.state();
-        let op = SnapshotOp { volume, snapshot };
+        let ops: Vec<SnapshotOp> = snaps
+            .iter()
+            .map(|&(volume, snapshot)| SnapshotOp { volume, snapshot })
+            .collect();
         let started = Instant::now();
         let mut calls = tokio::task::JoinSet::new();
         for m in before.up_members() {
-            let (g, node) = (self.clone(), m.node_id);
-            calls.spawn(async move {
-                let r = if node == g.node {
-                    g.freeze(op).await.map(|()| Message::Ok)
-                } else {
-                    g.call(node, g.epoch(), Message::Freeze(op)).await
-                };
-                (node, r)
-            });
+            for &op in &ops {
+                let (g, node) = (self.clone(), m.node_id);
+                calls.spawn(async move {
+                    let r = if node == g.node {
+                        g.freeze(op).await.map(|()| Message::Ok)
+                    } else {
+                        g.call(node, g.epoch(), Message::Freeze(op)).await
+                    };
+                    (node, op, r)
+                });
+            }
         }
-        let mut frozen = Vec::new();
+        let mut frozen: Vec<(u64, SnapshotOp)> = Vec::new();
         let mut failed = Vec::new();
         let waited = tokio::time::timeout(FREEZE_ANSWER, async {
             while let Some(done) = calls.join_next().await {
                 match done {
-                    Ok((node, Ok(Message::Ok))) => frozen.push(node),
-                    Ok((node, other)) => failed.push(format!("member {node}: {other:?}")),
+                    Ok((node, op, Ok(Message::Ok))) => frozen.push((node, op)),
+                    Ok((node, _, other)) => failed.push(format!("member {node}: {other:?}")),
                     Err(e) => failed.push(e.to_string()),
                 }
             }
         })
         .await;
         let after = self.control.state();
-        let holders = holders_of(&before, &after, volume, &frozen);
-        // Thaw everyone asked, whatever happened.
+        // Thaw everyone asked, whatever happened: none thaws before every member froze.
         for m in before.up_members() {
-            if m.node_id == self.node {
-                self.thaw(op);
-            } else {
+            for &op in &ops {
+                if m.node_id == self.node {
+                    self.thaw(op);
+                    continue;
+                }
                 let (g, node) = (self.clone(), m.node_id);
                 tokio::spawn(async move {
                     if let Err(e) = g.call(node, g.epoch(), Message::Thaw(op)).await {
@@ -167,16 +173,22 @@ impl Group {
             }
         }
         if waited.is_err() {
-            return Err(format!(
-                "members did not freeze within {FREEZE_ANSWER:?} (answered: {frozen:?})"
-            ));
+            return Err(format!("members did not freeze within {FREEZE_ANSWER:?}"));
         }
         if !failed.is_empty() {
             return Err(format!("members could not freeze: {}", failed.join("; ")));
         }
-        let holders = holders?;
-        tracing::info!(volume, snapshot, took = ?started.elapsed(), "group snapshot taken");
-        Ok(holders)
+        let mut all = Vec::new();
+        for op in &ops {
+            let nodes: Vec<u64> = frozen
+                .iter()
+                .filter(|(_, o)| o == op)
+                .map(|(n, _)| *n)
+                .collect();
+            all.push(holders_of(&before, &after, op.volume, &nodes)?);
+        }
+        tracing::info!(?snaps, took = ?started.elapsed(), "group snapshots taken in one cut");
+        Ok(all)
     }
 
     /// Bytes of snapshot `op.snapshot` held here.
