@@ -72,7 +72,7 @@ impl Group {
     pub(crate) async fn freeze(self: &Arc<Self>, op: SnapshotOp) -> Result<(), Fail> {
         if no_freeze_fault() {
             // Each member at its own moment, as over a real network (0-50 ms apart).
-            let skew = (self.node * 0x9E37_79B9 ^ op.volume * 31 ^ op.snapshot * 13) % 51;
+            let skew = ((self.node * 0x9E37_79B9) ^ (op.volume * 31) ^ (op.snapshot * 13)) % 51;
             tokio::time::sleep(Duration::from_millis(skew)).await;
             let store = self.store.clone();
             return blocking(move || {
