@@ -61,7 +61,9 @@ impl BlockDevice for GroupDevice {
     }
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         if self.group.is_alone() {
-            return self.local.write(lba, data, fua);
+            return self
+                .group
+                .alone_change(self.volume, || self.local.write(lba, data, fua));
         }
         self.check_range(lba, data.len())?;
         let g = self.group.clone();
@@ -82,7 +84,9 @@ impl BlockDevice for GroupDevice {
     }
     fn unmap(&self, lba: u64, blocks: u64) -> Result<(), DeviceError> {
         if self.group.is_alone() {
-            return self.local.unmap(lba, blocks);
+            return self
+                .group
+                .alone_change(self.volume, || self.local.unmap(lba, blocks));
         }
         let bs = u64::from(self.local.block_size());
         self.check_range(lba, (blocks * bs) as usize)?;
@@ -148,7 +152,8 @@ impl BlockDevice for GroupDevice {
         ))
     }
     fn congested(&self) -> bool {
-        self.local.congested()
+        // A frozen volume's writes wait: not on a tokio worker.
+        self.local.congested() || self.group.is_frozen(self.volume)
     }
     fn inline_ok(&self) -> bool {
         self.group.is_alone()

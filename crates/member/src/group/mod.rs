@@ -158,6 +158,9 @@ pub struct Group {
     lu_events: std::sync::OnceLock<lu_events::LuEventSink>,
     /// Volumes frozen while the group takes a snapshot of them.
     frozen: snapshots::Frozen,
+    /// Held shared by changes made while this member is alone (they pass no gate), and
+    /// exclusively by a freeze taking its snapshot.
+    cut: std::sync::RwLock<()>,
     /// Snapshots of this member's store opened to serve other members' reads.
     snapshot_devices: Mutex<HashMap<(u64, u64), Arc<dyn scsi::BlockDevice>>>,
 }
@@ -210,6 +213,7 @@ impl Group {
             timing,
             lu_events: std::sync::OnceLock::new(),
             frozen: Default::default(),
+            cut: std::sync::RwLock::new(()),
             snapshot_devices: Mutex::default(),
         })
     }

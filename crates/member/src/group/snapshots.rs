@@ -38,12 +38,19 @@ const FREEZE_ANSWER: Duration = Duration::from_secs(6);
 
 /// Volumes frozen here: volume → (snapshot being taken, thaw at the latest).
 #[derive(Default)]
-pub(crate) struct Frozen(Mutex<HashMap<u64, (u64, Instant)>>);
+pub(crate) struct Frozen {
+    volumes: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// How many volumes are frozen: every write asks, and almost always it is none.
+    count: std::sync::atomic::AtomicUsize,
+}
 
 impl Frozen {
     fn is_frozen(&self, volume: u64) -> bool {
-        let mut f = self.0.lock().unwrap();
-        match f.get(&volume) {
+        if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut f = self.volumes.lock().unwrap();
+        let frozen = match f.get(&volume) {
             Some((_, until)) if Instant::now() < *until => true,
             Some(_) => {
                 f.remove(&volume);
@@ -51,7 +58,26 @@ impl Frozen {
                 false
             }
             None => false,
+        };
+        self.count
+            .store(f.len(), std::sync::atomic::Ordering::Release);
+        frozen
+    }
+
+    fn freeze(&self, op: SnapshotOp) {
+        let mut f = self.volumes.lock().unwrap();
+        f.insert(op.volume, (op.snapshot, Instant::now() + FREEZE_LIMIT));
+        self.count
+            .store(f.len(), std::sync::atomic::Ordering::Release);
+    }
+
+    fn thaw(&self, op: SnapshotOp) {
+        let mut f = self.volumes.lock().unwrap();
+        if f.get(&op.volume).is_some_and(|(s, _)| *s == op.snapshot) {
+            f.remove(&op.volume);
         }
+        self.count
+            .store(f.len(), std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -65,6 +91,25 @@ impl Group {
             )));
         }
         Ok(())
+    }
+
+    /// Whether writes to `volume` wait for a snapshot now.
+    pub(crate) fn is_frozen(&self, volume: u64) -> bool {
+        self.frozen.is_frozen(volume)
+    }
+
+    /// Run a change of `volume` on a member alone in its group (no primaries, no gates):
+    /// it waits while the volume is frozen, and a freeze waits for it (the cut lock).
+    pub(crate) fn alone_change<T>(&self, volume: u64, change: impl FnOnce() -> T) -> T {
+        loop {
+            {
+                let _cut = self.cut.read().unwrap_or_else(|e| e.into_inner());
+                if !self.frozen.is_frozen(volume) {
+                    return change();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// This member's part of a cut: refuse the volume's writes, wait for those under way,
@@ -82,11 +127,7 @@ impl Group {
             })
             .await;
         }
-        self.frozen
-            .0
-            .lock()
-            .unwrap()
-            .insert(op.volume, (op.snapshot, Instant::now() + FREEZE_LIMIT));
+        self.frozen.freeze(op);
         // Every write that passed the check holds a gate (primary) or a replica lock.
         let mut gates = Vec::with_capacity(self.gates.len());
         for g in &self.gates {
@@ -96,11 +137,15 @@ impl Group {
         for l in &self.replica_locks {
             replica.push(l.write().await);
         }
-        let store = self.store.clone();
-        let taken = blocking(move || match store.snapshot(op.volume, op.snapshot) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind == store::ErrorKind::Exists => Ok(()),
-            Err(e) => Err(DeviceError::Io(std::io::Error::other(e.to_string()))),
+        let (store, me) = (self.store.clone(), self.clone());
+        let taken = blocking(move || {
+            // Changes made alone (no gates) hold the cut lock.
+            let _cut = me.cut.write().unwrap_or_else(|e| e.into_inner());
+            match store.snapshot(op.volume, op.snapshot) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind == store::ErrorKind::Exists => Ok(()),
+                Err(e) => Err(DeviceError::Io(std::io::Error::other(e.to_string()))),
+            }
         })
         .await;
         if taken.is_err() {
@@ -111,10 +156,7 @@ impl Group {
 
     /// The cut is over (taken or given up).
     pub(crate) fn thaw(&self, op: SnapshotOp) {
-        let mut f = self.frozen.0.lock().unwrap();
-        if f.get(&op.volume).is_some_and(|(s, _)| *s == op.snapshot) {
-            f.remove(&op.volume);
-        }
+        self.frozen.thaw(op);
     }
 
     /// Take snapshots (reserved in the control plane) of several volumes, as (volume,
