@@ -398,11 +398,33 @@ impl ClusterState {
                 ),
             );
         }
+        if let Some(sole) = self.sole_snapshot_holder(node) {
+            return refuse(
+                RefusalKind::Invalid,
+                format!("{name} holds the only copy of {sole} left; delete that snapshot first"),
+            );
+        }
         if let Some(m) = self.members.get_mut(name) {
             m.removing = true;
         }
         self.relayout();
         Outcome::Ok
+    }
+
+    /// A group snapshot's placement group whose only up holder is `node` (snapshot copies
+    /// do not move with the data yet, so removing it would lose them), as `volume@name`.
+    fn sole_snapshot_holder(&self, node: u64) -> Option<String> {
+        let down = self.down_nodes();
+        self.snapshots
+            .values()
+            .flat_map(|s| s.values())
+            .find_map(|s| {
+                let holders = s.holders.as_ref()?;
+                holders
+                    .iter()
+                    .any(|h| h.contains(&node) && h.iter().all(|m| *m == node || down.contains(m)))
+                    .then(|| format!("snapshot {}@{}", s.volume, s.name))
+            })
     }
 
     /// A member being removed holds no copy any more: forget it.
@@ -690,6 +712,47 @@ mod tests {
             name: "member-3".into(),
         });
         assert_eq!(refused(o), Some(RefusalKind::Invalid), "not being removed");
+    }
+
+    #[test]
+    fn removal_is_refused_for_the_last_holder_of_a_snapshot_copy() {
+        let mut s = group();
+        let snap = |name: &str| Command::CreateSnapshot {
+            volume: "v".into(),
+            name: name.into(),
+            created: 0,
+            in_group: true,
+        };
+        assert!(matches!(s.apply(snap("s")), Outcome::Snapshot(_)));
+        let mut holders = vec![vec![1, 2]; super::PG_COUNT as usize];
+        holders[7] = vec![3];
+        let done = s.apply(Command::CompleteSnapshot {
+            volume: "v".into(),
+            name: "s".into(),
+            holders,
+        });
+        assert!(matches!(done, Outcome::Snapshot(_)), "{done:?}");
+        let remove = |n: u64| Command::RemoveMember {
+            name: format!("member-{n}"),
+        };
+        assert_eq!(refused(s.apply(remove(3))), Some(RefusalKind::Invalid));
+        s.apply(Command::MemberDown {
+            name: "member-2".into(),
+        });
+        assert_eq!(
+            refused(s.apply(remove(1))),
+            Some(RefusalKind::Invalid),
+            "member-2, the other holder, is down"
+        );
+        s.apply(Command::MemberUp {
+            name: "member-2".into(),
+            restarted: false,
+        });
+        s.apply(Command::DeleteSnapshot {
+            volume: "v".into(),
+            name: "s".into(),
+        });
+        assert_eq!(s.apply(remove(3)), Outcome::Ok);
     }
 
     #[test]
