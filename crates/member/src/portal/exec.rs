@@ -11,7 +11,7 @@ use crate::registry::VolumeHandle;
 use bytes::Bytes;
 use iscsi::session::{tmf_response, Outcome, Tmf};
 use iscsi::Command;
-use scsi::{NexusId, TaskManagement, TmfResult};
+use scsi::{Admit, NexusId, TaskManagement, TmfResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -52,6 +52,65 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
             cmd.cdb.get(1).is_some_and(|f| f & 0x08 == 0) && cached_writes(vol)
         }
         _ => false,
+    }
+}
+
+/// What [`group_write`] did with a command.
+pub(super) enum GroupWrite {
+    /// Answered at once (a check failed, nothing to write).
+    Answered(Outcome, Option<u64>),
+    /// Writing on its own task; the outcome comes back on the channel.
+    Started,
+    /// Not a write it takes: execute it the usual way.
+    No,
+}
+
+/// A completed command: its ITT, the outcome and the Data-Out length its CDB described.
+pub(super) type Done = (u32, Outcome, Option<u64>);
+
+/// A WRITE to a volume whose writes go through the group (a replication round trip, often
+/// two): the logical unit checks it and takes its range now, and a task of its own writes
+/// it — no thread waits for the round trip (one used to, in `block_on`, with a hand-off
+/// to it and back per write).
+pub(super) fn group_write(
+    vol: &Arc<VolumeHandle>,
+    nexus: &NexusId,
+    cmd: &Command,
+    done: &tokio::sync::mpsc::UnboundedSender<Done>,
+) -> GroupWrite {
+    let Some(dev) = vol.group_dev.as_ref().filter(|d| d.replicates()) else {
+        return GroupWrite::No;
+    };
+    if parse_lun(cmd.lun) != Some(0) || cmd.read {
+        return GroupWrite::No;
+    }
+    let described = vol.lu.data_out_len(&cmd.cdb);
+    let write = match vol.lu.admit_write(nexus, &cmd.cdb, &cmd.data_out) {
+        Admit::Execute => return GroupWrite::No,
+        Admit::Done(r) => return GroupWrite::Answered(outcome(r), described),
+        Admit::Write(w) => w,
+    };
+    let (dev, done, nexus, itt) = (dev.clone(), done.clone(), nexus.clone(), cmd.itt);
+    let data = cmd.data_out.slice(..write.len);
+    tokio::spawn(async move {
+        let r = match dev.write_async(write.lba, data, write.fua).await {
+            Ok(()) => Outcome {
+                status: scsi::status::GOOD,
+                sense: None,
+                data: Bytes::new(),
+            },
+            Err(e) => outcome(write.failed(&nexus, e)),
+        };
+        let _ = done.send((itt, r, described));
+    });
+    GroupWrite::Started
+}
+
+fn outcome(r: scsi::Response) -> Outcome {
+    Outcome {
+        status: r.status,
+        sense: r.sense,
+        data: Bytes::from(r.data),
     }
 }
 
