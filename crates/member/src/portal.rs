@@ -69,6 +69,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const MIN_READ: usize = 4096;
 /// Send without waiting for the end of the batch once this much is queued.
 const SEND_EARLY: usize = 256 * 1024;
+/// Completions answered together at most, before the batch is sent.
+const COMPLETIONS_BATCH: usize = 64;
 /// Slices per `writev`.
 const IOV: usize = 64;
 
@@ -226,20 +228,21 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
             }
             Some(first) = done_rx.recv() => {
                 // Every command finished by now, answered with one `writev`; the tasks
-                // that are ready run once first, since under load they finish more.
+                // that are ready run first, again while that brought more, since under
+                // load they finish more.
                 let mut next = Some(first);
-                let mut yielded = false;
-                loop {
+                let mut done = 0;
+                while next.is_some() {
                     while let Some((itt, outcome, described)) = next {
                         if let Phase::Full { session, .. } = &mut phase {
                             session.complete_into(itt, outcome, described, &mut actions);
                         }
+                        done += 1;
                         next = done_rx.try_recv().ok();
                     }
-                    if yielded {
+                    if done >= COMPLETIONS_BATCH {
                         break;
                     }
-                    yielded = true;
                     tokio::task::yield_now().await;
                     next = done_rx.try_recv().ok();
                 }

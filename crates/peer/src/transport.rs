@@ -294,7 +294,7 @@ async fn write_frames(write: OwnedWriteHalf, mut frames: impl FrameQueue) {
     while let Some(first) = frames.recv().await {
         let mut next = Some(first);
         let mut written = 0;
-        let mut yielded = false;
+        let mut drained = false;
         loop {
             while let Some(bytes) = next.take() {
                 if let Err(e) = write.write_all(&bytes).await {
@@ -306,19 +306,17 @@ async fn write_frames(write: OwnedWriteHalf, mut frames: impl FrameQueue) {
                     next = frames.try_recv();
                 }
             }
-            // Let the tasks that are ready run once before sending: under load they queue
-            // frames for this connection too, and they leave with the same system call.
-            // (Without this every frame was one `send` of its own, and one wake-up and
-            // `recv` at the other end: a replicated write cost 3–4 of each.)
-            if yielded || written >= WRITE_BATCH {
+            // Let the tasks that are ready run before sending, again while that brought
+            // more: under load they queue frames for this connection too, and those leave
+            // with the same system call. (Without this every frame was one `send` of its
+            // own, and one wake-up and `recv` at the other end: a replicated write cost
+            // 3–4 of each.) Idle, it is one yield.
+            if drained || written >= WRITE_BATCH {
                 break;
             }
-            yielded = true;
             tokio::task::yield_now().await;
             next = frames.try_recv();
-            if next.is_none() {
-                break;
-            }
+            drained = next.is_none();
         }
         if let Err(e) = write.flush().await {
             tracing::debug!(error = %e, "peer connection: flush failed");
