@@ -302,9 +302,9 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                 Action::Close => break 'conn,
                 Action::Execute(cmd) => {
                     let Some(vol) = volume.clone() else { continue };
-                    match exec::group_write(&vol, nexus, &cmd, &done_tx) {
-                        exec::GroupWrite::Started => continue,
-                        exec::GroupWrite::Answered(outcome, described) => {
+                    match exec::write(&vol, nexus, &cmd, &done_tx) {
+                        exec::Write::Started => continue,
+                        exec::Write::Answered(outcome, described) => {
                             session.complete_into(cmd.itt, outcome, described, &mut completed);
                             for a in completed.drain(..) {
                                 if let Action::Send(p) = a {
@@ -313,7 +313,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                             }
                             continue;
                         }
-                        exec::GroupWrite::No => {}
+                        exec::Write::No => {}
                     }
                     if exec::runs_inline(&cmd, &vol) {
                         let (outcome, described) = exec::execute(&vol, nexus, &cmd, &pool);

@@ -55,9 +55,9 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
     }
 }
 
-/// What [`group_write`] did with a command.
-pub(super) enum GroupWrite {
-    /// Answered at once (a check failed, nothing to write).
+/// What [`write`] did with a command.
+pub(super) enum Write {
+    /// Answered at once: written inline, or a check failed, or nothing to write.
     Answered(Outcome, Option<u64>),
     /// Writing on its own task; the outcome comes back on the channel.
     Started,
@@ -68,42 +68,61 @@ pub(super) enum GroupWrite {
 /// A completed command: its ITT, the outcome and the Data-Out length its CDB described.
 pub(super) type Done = (u32, Outcome, Option<u64>);
 
-/// A WRITE to a volume whose writes go through the group (a replication round trip, often
-/// two): the logical unit checks it and takes its range now, and a task of its own writes
-/// it — no thread waits for the round trip (one used to, in `block_on`, with a hand-off
-/// to it and back per write).
-pub(super) fn group_write(
+/// A WRITE (10/12/16) that need not wait for a thread: the logical unit checks it and takes
+/// its range without waiting ([`scsi::LogicalUnit::admit_write`]; a busy range goes to the
+/// blocking pool, which may wait), then
+///
+/// * to a volume whose writes go through the group (a replication round trip, often two),
+///   a task of its own writes it: no thread waits for the round trip (one used to, in
+///   `block_on`, with a hand-off to it and back per write);
+/// * a cached write on a single member ([`runs_inline`]) is written here, a journal append.
+///
+/// No tokio worker ever waits for a range: a deferred write holding one needs a worker to
+/// finish.
+pub(super) fn write(
     vol: &Arc<VolumeHandle>,
     nexus: &NexusId,
     cmd: &Command,
     done: &tokio::sync::mpsc::UnboundedSender<Done>,
-) -> GroupWrite {
-    let Some(dev) = vol.group_dev.as_ref().filter(|d| d.replicates()) else {
-        return GroupWrite::No;
-    };
-    if parse_lun(cmd.lun) != Some(0) || cmd.read {
-        return GroupWrite::No;
+) -> Write {
+    if cmd.read || !matches!(cmd.cdb.first(), Some(0x2A | 0xAA | 0x8A)) {
+        return Write::No;
+    }
+    let group = vol.group_dev.as_ref().filter(|d| d.replicates());
+    if group.is_none() && !runs_inline(cmd, vol) {
+        return Write::No;
     }
     let described = vol.lu.data_out_len(&cmd.cdb);
     let write = match vol.lu.admit_write(nexus, &cmd.cdb, &cmd.data_out) {
-        Admit::Execute => return GroupWrite::No,
-        Admit::Done(r) => return GroupWrite::Answered(outcome(r), described),
+        Admit::Execute => return Write::No,
+        Admit::Done(r) => return Write::Answered(outcome(r), described),
         Admit::Write(w) => w,
     };
-    let (dev, done, nexus, itt) = (dev.clone(), done.clone(), nexus.clone(), cmd.itt);
     let data = cmd.data_out.slice(..write.len);
+    let Some(dev) = group else {
+        let r = match vol.dev.write(write.lba, &data, write.fua) {
+            Ok(()) => good(),
+            Err(e) => outcome(write.failed(nexus, e)),
+        };
+        return Write::Answered(r, described);
+    };
+    let (dev, done, nexus, itt) = (dev.clone(), done.clone(), nexus.clone(), cmd.itt);
     tokio::spawn(async move {
         let r = match dev.write_async(write.lba, data, write.fua).await {
-            Ok(()) => Outcome {
-                status: scsi::status::GOOD,
-                sense: None,
-                data: Bytes::new(),
-            },
+            Ok(()) => good(),
             Err(e) => outcome(write.failed(&nexus, e)),
         };
         let _ = done.send((itt, r, described));
     });
-    GroupWrite::Started
+    Write::Started
+}
+
+fn good() -> Outcome {
+    Outcome {
+        status: scsi::status::GOOD,
+        sense: None,
+        data: Bytes::new(),
+    }
 }
 
 fn outcome(r: scsi::Response) -> Outcome {
