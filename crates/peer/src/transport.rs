@@ -508,7 +508,12 @@ where
                                 )
                             }
                             ServerAction::Handle(request) => {
-                                spawn_handler(&handler, request, done.clone())
+                                if let Some((id, answer)) =
+                                    spawn_handler(&handler, request, done.clone())
+                                {
+                                    let epoch = config.epoch.load(Ordering::Acquire);
+                                    send(answer_frame(&mut engine, id, epoch, answer)?).await?;
+                                }
                             }
                             ServerAction::PeerAhead { epoch } => {
                                 config.peer_ahead.send_if_modified(|highest| {
@@ -591,28 +596,45 @@ fn answer_frame(
     engine.respond(request_id, epoch, message)
 }
 
+/// Start the handler of `request`: polled once here, a handler with nothing to wait for
+/// (a replica's journal append, a ping) answers at once, and the answer is returned;
+/// otherwise it goes on in a task of its own, which sends its answer to `done`.
 fn spawn_handler<H, F>(
     handler: &Arc<H>,
     request: Request,
     done: mpsc::UnboundedSender<(u64, Message)>,
-) where
+) -> Option<(u64, Message)>
+where
     H: Fn(Request) -> F + Send + Sync + 'static,
     F: Future<Output = Message> + Send + 'static,
 {
     let request_id = request.request_id;
-    // One task per request: the handler runs inside it with its panics caught (a second
-    // task awaiting the handler's cost a spawn and a wake-up per request).
-    let work = CatchUnwind(Box::pin(handler(request)));
+    // The handler runs with its panics caught, in this task first, then in one task of its
+    // own (a task per handler and a second one awaiting it cost a spawn and a wake-up per
+    // request; a task for a handler that was done at once, another spawn and the hop of
+    // its answer back to this task).
+    let mut work = CatchUnwind(Box::pin(handler(request)));
+    // A waker that does nothing is enough for one poll: the task polls the handler again
+    // with its own waker before it waits, and futures wait on the last waker they got.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut work).poll(&mut cx) {
+        return Some((request_id, answer_of(r)));
+    }
     tokio::spawn(async move {
-        let answer = work.await.unwrap_or_else(|_| {
-            Message::Error(ErrorReply::new(
-                ErrorCode::Io,
-                "handler failed: it panicked",
-            ))
-        });
+        let answer = answer_of(work.await);
         // The connection may be gone by now; then nobody wants the answer.
         let _ = done.send((request_id, answer));
     });
+    None
+}
+
+fn answer_of(r: Result<Message, ()>) -> Message {
+    r.unwrap_or_else(|_| {
+        Message::Error(ErrorReply::new(
+            ErrorCode::Io,
+            "handler failed: it panicked",
+        ))
+    })
 }
 
 /// A future that turns a panic while polling `F` into `Err`.
