@@ -122,6 +122,17 @@ pub fn parse_iscsi_perf(out: &str) -> Option<f64> {
 
 /// `qemu-img bench`, 4 KiB requests at queue depth 32: IOPS of `count` requests.
 pub fn qemu_img_bench(dir: &Path, s: &Server, write: bool, count: u64) -> Result<f64> {
+    qemu_img_bench_at(dir, s.name, &s.url, write, count)
+}
+
+/// [`qemu_img_bench`] against the LUN at `url` (`name` for messages).
+pub fn qemu_img_bench_at(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    write: bool,
+    count: u64,
+) -> Result<f64> {
     let mut c = Command::new("qemu-img");
     c.arg("bench");
     if write {
@@ -139,19 +150,16 @@ pub fn qemu_img_bench(dir: &Path, s: &Server, write: bool, count: u64) -> Result
         "-f",
         "raw",
     ])
-    .arg(&s.url);
+    .arg(url);
     let o = run_tool(dir, "qemu-img-bench", &mut c, SLACK * 5)?;
     let secs = parse_qemu_img_bench(&o.stdout).with_context(|| {
         format!(
             "{}: no \"Run completed in\" in qemu-img bench output: {}",
-            s.name, o.stdout
+            name, o.stdout
         )
     })?;
     if secs <= 0.0 {
-        bail!(
-            "{}: qemu-img bench ran {count} requests in {secs} s",
-            s.name
-        );
+        bail!("{}: qemu-img bench ran {count} requests in {secs} s", name);
     }
     Ok(count as f64 / secs)
 }

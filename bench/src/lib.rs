@@ -7,6 +7,7 @@
 //! BENCHMARKS.md at the workspace root.
 
 mod clients;
+mod lab;
 mod proc;
 mod servers;
 
@@ -112,8 +113,28 @@ pub struct Report {
     /// `tool --version` first lines, and the haven binary measured.
     pub tools: BTreeMap<String, String>,
     pub figures: Vec<Figure>,
+    /// Replicated writes: a 3-member group with 2 replicas against 1 member.
+    pub replicated: Option<Replicated>,
     /// Figures asked for but not measured, each with the reason.
     pub not_measured: Vec<String>,
+}
+
+/// 4 KiB writes at QD32 through the group portal of a 1-member and of a 3-member lab (a
+/// volume with 2 replicas), in the same run: what replication costs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replicated {
+    pub name: String,
+    pub unit: String,
+    /// Medians over the runs.
+    pub one_member: f64,
+    pub three_members: f64,
+    /// three_members / one_member.
+    pub ratio: f64,
+    /// CPU of every member of the lab, in % of one core (median over runs).
+    pub one_member_cpu_pct: f64,
+    pub three_members_cpu_pct: f64,
+    pub one_member_runs: Vec<f64>,
+    pub three_members_runs: Vec<f64>,
 }
 
 /// The tmpfs work dir, removed on drop (after the servers, which are declared after it).
@@ -452,12 +473,10 @@ pub fn run(opts: &Options) -> Result<Report> {
             figures.push(f);
         }
     }
-    not_measured.push(
-        "3 members with 2 replicas vs 1 member, writes: not measured: multi-member groups are not built yet"
-            .into(),
-    );
     drop(haven);
     drop(tgtd);
+    // After the servers above are gone: the labs need the cores and the tmpfs to themselves.
+    let replicated = replicated_writes(opts, dir, size, runs, secs).context("replicated writes")?;
     drop(work);
     Ok(Report {
         command: opts.command.clone(),
@@ -468,7 +487,68 @@ pub fn run(opts: &Options) -> Result<Report> {
         machine: machine(load0),
         tools,
         figures,
+        replicated: Some(replicated),
         not_measured,
+    })
+}
+
+/// The replicated-writes figure: both labs up, a probe sizing `qemu-img bench`'s count to
+/// about `secs` on each, then `runs` alternating runs.
+fn replicated_writes(
+    opts: &Options,
+    dir: &Path,
+    size: u64,
+    runs: u32,
+    secs: u64,
+) -> Result<Replicated> {
+    let say = |m: &str| {
+        if opts.verbose {
+            eprintln!("bench: {m}");
+        }
+    };
+    say("starting a 1-member and a 3-member lab");
+    let labs = [
+        lab::Lab::up(dir, &opts.haven, "lab-1", 1, 1, size)?,
+        lab::Lab::up(dir, &opts.haven, "lab-3", 3, 2, size)?,
+    ];
+    let mut counts = [0u64; 2];
+    for (i, l) in labs.iter().enumerate() {
+        let probe = 2000;
+        let iops = clients::qemu_img_bench_at(dir, &l.name, &l.url, true, probe)?;
+        counts[i] = ((iops * secs as f64) as u64).max(probe);
+    }
+    let mut values: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..runs {
+        for (i, l) in labs.iter().enumerate() {
+            say(&format!(
+                "replicated writes run {}/{runs}: {}",
+                r + 1,
+                l.name
+            ));
+            let cpu0 = l.cpu_seconds();
+            let t0 = Instant::now();
+            let v = clients::qemu_img_bench_at(dir, &l.name, &l.url, true, counts[i])?;
+            let wall = t0.elapsed().as_secs_f64();
+            cpu[i].push(100.0 * (l.cpu_seconds() - cpu0) / wall.max(1e-6));
+            values[i].push(v);
+        }
+    }
+    let (one, three) = (median(&values[0]), median(&values[1]));
+    say(&format!(
+        "replicated writes: 1 member {one:.0} IOPS, 3 members {three:.0} IOPS"
+    ));
+    let [one_runs, three_runs] = values;
+    Ok(Replicated {
+        name: "4 KiB write QD32 (qemu-img bench), group portal".into(),
+        unit: "IOPS".into(),
+        one_member: one,
+        three_members: three,
+        ratio: if one > 0.0 { three / one } else { f64::NAN },
+        one_member_cpu_pct: median(&cpu[0]),
+        three_members_cpu_pct: median(&cpu[1]),
+        one_member_runs: one_runs,
+        three_members_runs: three_runs,
     })
 }
 
@@ -556,6 +636,19 @@ impl Report {
             out += &line(r);
         }
         out += "\nCPU: utime+stime of each server's processes during the figure's runs, in % of one core.\n";
+        if let Some(r) = &self.replicated {
+            out += &format!(
+                "\nreplicated writes, {}: 1 member {} {unit}, 3 members with 2 replicas {} {unit}, \
+                 ratio {:.2} (CPU of all members {:.0}% / {:.0}%)\n",
+                r.name,
+                fmt_value(r.one_member, &r.unit),
+                fmt_value(r.three_members, &r.unit),
+                r.ratio,
+                r.one_member_cpu_pct,
+                r.three_members_cpu_pct,
+                unit = r.unit,
+            );
+        }
         for n in &self.not_measured {
             out += &format!("{n}\n");
         }

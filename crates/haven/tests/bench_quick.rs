@@ -3,7 +3,7 @@
 //! BENCHMARKS.md (`cargo run --release -p haven-bench`), not in a test.
 
 #[test]
-fn the_quick_benchmark_measures_every_figure_on_tgtd_and_haven() {
+fn the_quick_benchmark_measures_every_figure_on_tgtd_and_haven_and_replicated() {
     let mut opts = haven_bench::Options::new(env!("CARGO_BIN_EXE_haven"), true);
     opts.command = "cargo test -p haven --test bench_quick -- --nocapture".into();
     let report = haven_bench::run(&opts).expect("quick benchmark");
@@ -24,10 +24,14 @@ fn the_quick_benchmark_measures_every_figure_on_tgtd_and_haven() {
             f.name
         );
     }
-    assert!(report
-        .not_measured
-        .iter()
-        .any(|n| n.contains("multi-member")));
+    let r = report
+        .replicated
+        .as_ref()
+        .expect("the replicated-writes figure");
+    assert!(
+        r.one_member > 0.0 && r.three_members > 0.0 && r.ratio > 0.0,
+        "replicated writes: {r:?}"
+    );
     // The JSON form serializes.
     let v = serde_json::to_value(&report).unwrap();
     assert!(v["figures"]

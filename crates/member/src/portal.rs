@@ -18,7 +18,7 @@ use crate::directory::PortalDirectory;
 use crate::registry::{SessionKey, VolumeHandle};
 use bytes::BytesMut;
 use iscsi::keys::TargetLimits;
-use iscsi::session::{Action, Outcome, Tmf};
+use iscsi::session::{Action, Tmf};
 use iscsi::{Codec, CodecError, Login, LoginStep, Outgoing, Session};
 use scsi::NexusId;
 use std::io::IoSlice;
@@ -69,6 +69,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const MIN_READ: usize = 4096;
 /// Send without waiting for the end of the batch once this much is queued.
 const SEND_EARLY: usize = 256 * 1024;
+/// Completions answered together at most, before the batch is sent.
+const COMPLETIONS_BATCH: usize = 64;
 /// Slices per `writev`.
 const IOV: usize = 64;
 
@@ -115,7 +117,7 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     let mut out = Outgoing::default();
     // A command finished on the blocking pool: its ITT, the outcome and (for writes) how
     // many Data-Out bytes the CDB described, for the residual.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, Outcome, Option<u64>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<exec::Done>();
     let (tmf_tx, mut tmf_rx) = mpsc::unbounded_channel::<(u32, Tmf, u8)>();
     let limits = TargetLimits::default();
     let mut codec = Codec {
@@ -236,9 +238,25 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                 // The top of the loop sends.
                 r?;
             }
-            Some((itt, outcome, described)) = done_rx.recv() => {
-                if let Phase::Full { session, .. } = &mut phase {
-                    session.complete_into(itt, outcome, described, &mut actions);
+            Some(first) = done_rx.recv() => {
+                // Every command finished by now, answered with one `writev`; the tasks
+                // that are ready run first, again while that brought more, since under
+                // load they finish more.
+                let mut next = Some(first);
+                let mut done = 0;
+                while next.is_some() {
+                    while let Some((itt, outcome, described)) = next {
+                        if let Phase::Full { session, .. } = &mut phase {
+                            session.complete_into(itt, outcome, described, &mut actions);
+                        }
+                        done += 1;
+                        next = done_rx.try_recv().ok();
+                    }
+                    if done >= COMPLETIONS_BATCH {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    next = done_rx.try_recv().ok();
                 }
             }
             Some((itt, f, code)) = tmf_rx.recv() => {
@@ -296,6 +314,19 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
                 Action::Close => break 'conn,
                 Action::Execute(cmd) => {
                     let Some(vol) = volume.clone() else { continue };
+                    match exec::write(&vol, nexus, &cmd, &done_tx, &gone.0) {
+                        exec::Write::Started => continue,
+                        exec::Write::Answered(outcome, described) => {
+                            session.complete_into(cmd.itt, outcome, described, &mut completed);
+                            for a in completed.drain(..) {
+                                if let Action::Send(p) = a {
+                                    codec.encode_to(p, &mut out);
+                                }
+                            }
+                            continue;
+                        }
+                        exec::Write::No => {}
+                    }
                     if exec::runs_inline(&cmd, &vol) {
                         let (outcome, described) = exec::execute(&vol, nexus, &cmd, &pool);
                         session.complete_into(cmd.itt, outcome, described, &mut completed);

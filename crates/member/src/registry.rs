@@ -25,7 +25,12 @@ pub struct VolumeHandle {
     pub snapshot: Option<Snapshot>,
     pub lu: Arc<LogicalUnit>,
     pub dev: Arc<dyn BlockDevice>,
+    /// `dev` when it is a volume served through the group: the portal writes to it
+    /// asynchronously (a write waits on the network there).
+    pub group_dev: Option<Arc<crate::group::GroupDevice>>,
 }
+
+type Devices = (Arc<dyn BlockDevice>, Option<Arc<crate::group::GroupDevice>>);
 
 /// Identifies a session for reinstatement: the same initiator port to the same target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -475,18 +480,28 @@ impl Registry {
         let _ = self.group.set(group);
     }
 
-    fn volume_device(&self, v: &Volume) -> std::io::Result<Arc<dyn BlockDevice>> {
+    /// A volume's device, and the same as a group device when it is served through the
+    /// group.
+    fn volume_device(&self, v: &Volume) -> std::io::Result<Devices> {
         let local = self.store.volume(v.id).map_err(store_err)?;
         Ok(match self.group.get() {
-            Some(g) => Arc::new(crate::group::GroupDevice::new(g.clone(), v.id, local)),
-            None => local,
+            Some(g) => {
+                let dev = Arc::new(crate::group::GroupDevice::new(g.clone(), v.id, local));
+                (dev.clone(), Some(dev))
+            }
+            None => (local, None),
         })
     }
 
     fn open(&self, v: &Volume, snap: Option<&Snapshot>) -> std::io::Result<VolumeHandle> {
+        let mut group_dev = None;
         let (dev, identity): (Arc<dyn BlockDevice>, LuIdentity) = match snap {
             None => (
-                self.volume_device(v)?,
+                {
+                    let (dev, group) = self.volume_device(v)?;
+                    group_dev = group;
+                    dev
+                },
                 LuIdentity {
                     naa: naa_for(v),
                     serial: format!("{:016x}", v.id),
@@ -550,6 +565,7 @@ impl Registry {
             snapshot: snap.cloned(),
             lu,
             dev,
+            group_dev,
         })
     }
 

@@ -10,6 +10,7 @@
 
 mod admin;
 mod cdb;
+mod deferred;
 pub mod device;
 mod dispatch;
 mod inquiry;
@@ -25,6 +26,7 @@ mod thin;
 mod ua;
 mod xcopy;
 
+pub use deferred::{Admit, DeferredWrite};
 pub use device::{BlockDevice, DeviceError, LbaStatus, MemDevice};
 pub use lu::{
     CopyResolver, LogicalUnit, LuIdentity, NexusId, OtherPorts, Response, TargetPortGroup,

@@ -261,6 +261,20 @@ impl LogicalUnit {
     }
 
     fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8], spare: Vec<u8>) -> CmdResult {
+        let cdb = self.admit(nexus, raw)?;
+        let ctx = Ctx {
+            lu: self,
+            nexus,
+            cdb,
+            data: data_out,
+            spare: Cell::new(spare),
+        };
+        crate::dispatch::dispatch(&ctx)
+    }
+
+    /// What every command passes before its handler: unit attentions, a CDB the engine
+    /// knows, no sanitize running, reservations.
+    pub(crate) fn admit(&self, nexus: &NexusId, raw: &[u8]) -> Result<Cdb, Fail> {
         // One lookup registers the nexus and checks its unit attentions.
         let op = raw.first().copied().unwrap_or(0);
         if let Some(ua) = self.ua.touch_take(nexus, !raw.is_empty() && !ua_exempt(op)) {
@@ -278,14 +292,7 @@ impl LogicalUnit {
             return Err(codes::SANITIZE_IN_PROGRESS.into());
         }
         self.check_access(nexus, info.access, &cdb)?;
-        let ctx = Ctx {
-            lu: self,
-            nexus,
-            cdb,
-            data: data_out,
-            spare: Cell::new(spare),
-        };
-        crate::dispatch::dispatch(&ctx)
+        Ok(cdb)
     }
 
     fn check_access(&self, nexus: &NexusId, access: Access, cdb: &Cdb) -> Result<(), Fail> {

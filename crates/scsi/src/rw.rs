@@ -4,7 +4,7 @@
 use crate::inquiry::limits;
 use crate::lu::{CmdResult, Ctx, Fail, Reply};
 use crate::sense::{codes, invalid_cdb_field};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 const STRIPES: usize = 256;
 // 8 blocks: writes to neighbouring 4 KiB go side by side (a write through the group holds
@@ -14,18 +14,54 @@ const STRIPE_SHIFT: u32 = 3;
 /// Range locks keyed by LBA region: writers of overlapping ranges serialise, so
 /// COMPARE AND WRITE, ORWRITE and WRITE ATOMIC are atomic against every other writer,
 /// without one global lock. Reads take none.
+///
+/// A stripe is a flag under a mutex rather than the mutex itself, so a transport that
+/// carries a write out asynchronously can hold it across threads ([`crate::deferred`]).
 pub(crate) struct Stripes {
-    locks: Vec<Mutex<()>>,
+    locks: Vec<Stripe>,
+}
+
+#[derive(Default)]
+struct Stripe {
+    state: Mutex<StripeState>,
+    free: Condvar,
+}
+
+#[derive(Default)]
+struct StripeState {
+    held: bool,
+    /// Threads waiting in `lock`: only then does a release pay for a wake-up.
+    waiters: u32,
+}
+
+/// Stripes held; released on drop.
+pub(crate) struct StripeGuard<'a> {
+    stripes: &'a Stripes,
+    idx: Vec<usize>,
+}
+
+impl StripeGuard<'_> {
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.idx.len()
+    }
+}
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        self.stripes.release(&self.idx);
+    }
 }
 
 impl Stripes {
     pub fn new() -> Self {
         Stripes {
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: (0..STRIPES).map(|_| Stripe::default()).collect(),
         }
     }
 
-    pub fn lock(&self, lba: u64, blocks: u64) -> Vec<MutexGuard<'_, ()>> {
+    /// The stripes of `[lba, lba + blocks)`, sorted, each once (the order they are taken).
+    pub fn indices(lba: u64, blocks: u64) -> Vec<usize> {
         let first = lba >> STRIPE_SHIFT;
         let last = lba.saturating_add(blocks.max(1) - 1) >> STRIPE_SHIFT;
         let mut idx: Vec<usize> = if last - first >= STRIPES as u64 - 1 {
@@ -37,9 +73,55 @@ impl Stripes {
         };
         idx.sort_unstable();
         idx.dedup();
-        idx.iter()
-            .map(|&i| self.locks[i].lock().unwrap_or_else(|e| e.into_inner()))
-            .collect()
+        idx
+    }
+
+    fn state(&self, i: usize) -> MutexGuard<'_, StripeState> {
+        self.locks[i]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lock(&self, lba: u64, blocks: u64) -> StripeGuard<'_> {
+        let idx = Self::indices(lba, blocks);
+        for &i in &idx {
+            let mut st = self.state(i);
+            while st.held {
+                st.waiters += 1;
+                st = self.locks[i]
+                    .free
+                    .wait(st)
+                    .unwrap_or_else(|e| e.into_inner());
+                st.waiters -= 1;
+            }
+            st.held = true;
+        }
+        StripeGuard { stripes: self, idx }
+    }
+
+    /// Take every stripe in `idx` (from [`Stripes::indices`]) if none is held; else none.
+    pub fn try_lock(&self, idx: &[usize]) -> bool {
+        for (n, &i) in idx.iter().enumerate() {
+            let mut st = self.state(i);
+            if st.held {
+                drop(st);
+                self.release(&idx[..n]);
+                return false;
+            }
+            st.held = true;
+        }
+        true
+    }
+
+    pub fn release(&self, idx: &[usize]) {
+        for &i in idx {
+            let mut st = self.state(i);
+            st.held = false;
+            if st.waiters > 0 {
+                self.locks[i].free.notify_all();
+            }
+        }
     }
 }
 
@@ -160,14 +242,19 @@ fn do_write(ctx: &Ctx, lba: u64, data: &[u8], fua: bool) -> Result<(), Fail> {
 }
 
 pub(crate) fn write(ctx: &Ctx) -> CmdResult {
+    let (lba, data, fua) = write_checked(ctx)?;
+    do_write(ctx, lba, data, fua)?;
+    Ok(Reply::good())
+}
+
+/// A WRITE's checks: the LBA, the whole blocks of Data-Out to write there and FUA.
+pub(crate) fn write_checked<'a>(ctx: &Ctx<'a>) -> Result<(u64, &'a [u8], bool), Fail> {
     let rw = decode(ctx);
     check_protect(&rw)?;
     ctx.check_writable()?;
     check_range(ctx, rw.lba, rw.len)?;
     check_max(ctx, &rw)?;
-    let fua = rw.flags & 0x08 != 0;
-    do_write(ctx, rw.lba, whole_blocks(ctx, rw.len), fua)?;
-    Ok(Reply::good())
+    Ok((rw.lba, whole_blocks(ctx, rw.len), rw.flags & 0x08 != 0))
 }
 
 pub(crate) fn write_and_verify(ctx: &Ctx) -> CmdResult {
@@ -349,6 +436,21 @@ mod tests {
         assert_eq!(s.lock(2047, 2).len(), 2);
         assert_eq!(s.lock(0, u64::MAX).len(), STRIPES);
         assert_eq!(s.lock(u64::MAX, 5).len(), 1);
+    }
+
+    #[test]
+    fn try_lock_takes_all_or_none() {
+        let s = Stripes::new();
+        let held = s.lock(8, 1);
+        let both = Stripes::indices(0, 16);
+        assert_eq!(both.len(), 2);
+        assert!(!s.try_lock(&both));
+        // The free stripe was given back: it can be taken alone.
+        assert!(s.try_lock(&both[..1]));
+        s.release(&both[..1]);
+        drop(held);
+        assert!(s.try_lock(&both));
+        s.release(&both);
     }
 
     #[test]

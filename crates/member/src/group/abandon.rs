@@ -36,7 +36,7 @@ pub fn for_command<T>(gone: &Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
 
 /// Run `f` (a group operation started by the command on this thread) so that it can tell
 /// when the command's connection is gone.
-pub(crate) async fn scoped<F: Future>(f: F, gone: Option<Arc<AtomicBool>>) -> F::Output {
+pub async fn scoped<F: Future>(f: F, gone: Option<Arc<AtomicBool>>) -> F::Output {
     match gone {
         Some(flag) => GONE.scope(flag, f).await,
         None => f.await,

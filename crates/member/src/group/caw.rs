@@ -119,6 +119,7 @@ impl Group {
             epoch,
             Some(expect),
             move |v| super::write_local(&v, offset, &data, fua),
+            false,
             replica,
         )
         .await

@@ -167,6 +167,30 @@ impl BlockDevice for GroupDevice {
 }
 
 impl GroupDevice {
+    /// Whether writes go through the group now (more than one member), so the portal
+    /// writes asynchronously rather than holding a thread for the round trip.
+    pub fn replicates(&self) -> bool {
+        !self.group.is_alone()
+    }
+
+    /// [`BlockDevice::write`] for an async caller: the same path, without a thread
+    /// waiting in `block_on`, and without copying `data`.
+    pub async fn write_async(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), DeviceError> {
+        if self.group.is_alone() {
+            let (local, group, volume) = (self.local.clone(), self.group.clone(), self.volume);
+            return tokio::task::spawn_blocking(move || {
+                group.alone_change(volume, || local.write(lba, &data, fua))
+            })
+            .await
+            .unwrap_or_else(|e| Err(DeviceError::Io(std::io::Error::other(e))));
+        }
+        self.check_range(lba, data.len())?;
+        let fua = self.durable(fua);
+        self.group
+            .write(self.volume, self.bytes(lba), data, fua)
+            .await
+    }
+
     fn check_range(&self, lba: u64, len: usize) -> Result<(), DeviceError> {
         let blocks = len as u64 / u64::from(self.local.block_size());
         if lba

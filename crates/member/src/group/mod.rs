@@ -697,22 +697,24 @@ impl Group {
         at: peer::Region,
         epoch: u64,
         local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
+        cached_write: bool,
         message: Message,
     ) -> Result<(), Fail> {
-        self.replicate_if(at, epoch, None, local, message)
+        self.replicate_if(at, epoch, None, local, cached_write, message)
             .await
             .map(|_| ())
     }
 
     /// [`replicate`](Self::replicate), but only if the bytes `at` hold `expect` (checked
     /// under the same range locks): `Ok(Some(i))` when they differ first at byte `i`, and
-    /// nothing was changed.
+    /// nothing was changed. A `cached_write` may append to the journal on this task.
     async fn replicate_if(
         self: &Arc<Self>,
         at: peer::Region,
         epoch: u64,
         expect: Option<Bytes>,
         local: impl FnOnce(Arc<store::Volume>) -> Result<(), DeviceError> + Send + 'static,
+        cached_write: bool,
         message: Message,
     ) -> Result<Option<u64>, Fail> {
         let peer::Region {
@@ -743,20 +745,33 @@ impl Group {
         }
         let replicas = copies.replicas;
         self.dirty.record(replicas, pg, volume, offset, len, epoch);
-        blocking(move || local(vol)).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (node, must) in copies.others {
-            if fault_injected() {
-                continue;
+        if cached_write && inline_ok(&vol) {
+            local(vol).map_err(Fail::Device)?;
+        } else {
+            blocking(move || local(vol)).await?;
+        }
+        let mut others = copies.others;
+        if fault_injected() {
+            others.clear();
+        }
+        let mut results = Vec::with_capacity(others.len());
+        if let [(node, must)] = others[..] {
+            // One other copy (two replicas): no task to spawn for it.
+            results.push((node, must, self.call(node, epoch, message).await));
+        } else {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (node, must) in others {
+                let (g, m) = (self.clone(), message.clone());
+                tasks.spawn(async move { (node, must, g.call(node, epoch, m).await) });
             }
-            let (g, m) = (self.clone(), message.clone());
-            tasks.spawn(async move { (node, must, g.call(node, epoch, m).await) });
+            while let Some(r) = tasks.join_next().await {
+                if let Ok(r) = r {
+                    results.push(r);
+                }
+            }
         }
         let mut failed = None;
-        while let Some(r) = tasks.join_next().await {
-            let Ok((node, must, result)) = r else {
-                continue;
-            };
+        for (node, must, result) in results {
             if let Err(f) = result {
                 if must {
                     self.dirty
@@ -796,6 +811,7 @@ impl Group {
             at,
             epoch,
             move |v| write_local(&v, offset, &data, fua),
+            !fua,
             Message::ReplicaWrite(op),
         )
         .await
@@ -810,6 +826,7 @@ impl Group {
             r,
             epoch,
             move |v| unmap_local(&v, r.offset, r.len),
+            false,
             Message::ReplicaUnmap(r),
         )
         .await
@@ -943,6 +960,27 @@ fn gone(volume: u64) -> DeviceError {
 fn write_local(v: &store::Volume, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
     let bs = v.block_size() as u64;
     v.write(offset / bs, data, fua)
+}
+
+/// Whether a write without FUA may run on the calling task: with the write cache on it
+/// is a journal append (microseconds, as the portal's inline writes), unless the journal
+/// is congested and the append may wait for the checkpointer. The hand-off to the I/O
+/// threads and back cost more than the append (futex wake-ups, context switches).
+fn inline_ok(v: &store::Volume) -> bool {
+    v.write_cache_enabled() && !v.congested()
+}
+
+/// Write to the local copy: inline when [`inline_ok`], else on the I/O threads.
+async fn store_write(
+    vol: Arc<store::Volume>,
+    offset: u64,
+    data: Bytes,
+    fua: bool,
+) -> Result<(), Fail> {
+    if !fua && inline_ok(&vol) {
+        return write_local(&vol, offset, &data, fua).map_err(Fail::Device);
+    }
+    blocking(move || write_local(&vol, offset, &data, fua)).await
 }
 
 fn unmap_local(v: &store::Volume, offset: u64, len: u64) -> Result<(), DeviceError> {

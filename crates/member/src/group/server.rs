@@ -1,6 +1,6 @@
 //! Answering other members' peer requests.
 
-use super::{blocking, unmap_local, write_local, Fail, Group};
+use super::{blocking, store_write, unmap_local, Fail, Group};
 use peer::{Message, Request};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
                     group
                         .dirty
                         .record(replicas, op.pg, op.volume, op.offset, len, epoch);
-                    blocking(move || write_local(&vol, op.offset, &op.data, op.fua))
+                    store_write(vol, op.offset, op.data, op.fua)
                         .await
                         .map(|()| Message::Ok)
                 }

@@ -11,7 +11,7 @@ use crate::registry::VolumeHandle;
 use bytes::Bytes;
 use iscsi::session::{tmf_response, Outcome, Tmf};
 use iscsi::Command;
-use scsi::{NexusId, TaskManagement, TmfResult};
+use scsi::{Admit, NexusId, TaskManagement, TmfResult};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -52,6 +52,90 @@ pub(super) fn runs_inline(cmd: &Command, vol: &VolumeHandle) -> bool {
             cmd.cdb.get(1).is_some_and(|f| f & 0x08 == 0) && cached_writes(vol)
         }
         _ => false,
+    }
+}
+
+/// What [`write`] did with a command.
+pub(super) enum Write {
+    /// Answered at once: written inline, or a check failed, or nothing to write.
+    Answered(Outcome, Option<u64>),
+    /// Writing on its own task; the outcome comes back on the channel.
+    Started,
+    /// Not a write it takes: execute it the usual way.
+    No,
+}
+
+/// A completed command: its ITT, the outcome and the Data-Out length its CDB described.
+pub(super) type Done = (u32, Outcome, Option<u64>);
+
+/// A WRITE (10/12/16) that need not wait for a thread: the logical unit checks it and takes
+/// its range without waiting ([`scsi::LogicalUnit::admit_write`]; a busy range goes to the
+/// blocking pool, which may wait), then
+///
+/// * to a volume whose writes go through the group (a replication round trip, often two),
+///   a task of its own writes it: no thread waits for the round trip (one used to, in
+///   `block_on`, with a hand-off to it and back per write);
+/// * a cached write on a single member ([`runs_inline`]) is written here, a journal append.
+///
+/// No tokio worker ever waits for a range: a deferred write holding one needs a worker to
+/// finish.
+pub(super) fn write(
+    vol: &Arc<VolumeHandle>,
+    nexus: &NexusId,
+    cmd: &Command,
+    done: &tokio::sync::mpsc::UnboundedSender<Done>,
+    gone: &Arc<std::sync::atomic::AtomicBool>,
+) -> Write {
+    if cmd.read || !matches!(cmd.cdb.first(), Some(0x2A | 0xAA | 0x8A)) {
+        return Write::No;
+    }
+    let group = vol.group_dev.as_ref().filter(|d| d.replicates());
+    if group.is_none() && !runs_inline(cmd, vol) {
+        return Write::No;
+    }
+    let described = vol.lu.data_out_len(&cmd.cdb);
+    let write = match vol.lu.admit_write(nexus, &cmd.cdb, &cmd.data_out) {
+        Admit::Execute => return Write::No,
+        Admit::Done(r) => return Write::Answered(outcome(r), described),
+        Admit::Write(w) => w,
+    };
+    let data = cmd.data_out.slice(..write.len);
+    let Some(dev) = group else {
+        let r = match vol.dev.write(write.lba, &data, write.fua) {
+            Ok(()) => good(),
+            Err(e) => outcome(write.failed(nexus, e)),
+        };
+        return Write::Answered(r, described);
+    };
+    let (dev, done, nexus, itt) = (dev.clone(), done.clone(), nexus.clone(), cmd.itt);
+    // Once the connection is gone the write stops retrying (`group::abandon`).
+    let gone = Some(gone.clone());
+    tokio::spawn(crate::group::abandon::scoped(
+        async move {
+            let r = match dev.write_async(write.lba, data, write.fua).await {
+                Ok(()) => good(),
+                Err(e) => outcome(write.failed(&nexus, e)),
+            };
+            let _ = done.send((itt, r, described));
+        },
+        gone,
+    ));
+    Write::Started
+}
+
+fn good() -> Outcome {
+    Outcome {
+        status: scsi::status::GOOD,
+        sense: None,
+        data: Bytes::new(),
+    }
+}
+
+fn outcome(r: scsi::Response) -> Outcome {
+    Outcome {
+        status: r.status,
+        sense: r.sense,
+        data: Bytes::from(r.data),
     }
 }
 
