@@ -35,15 +35,6 @@ fn place_of(i: u64) -> (usize, u64) {
     ((i % 2) as usize, (j % CHUNKS) * CHUNK_BLOCKS + j / CHUNKS)
 }
 
-fn portals(lab: &Lab) -> Vec<String> {
-    lab.status_json()["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["portal"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Which of records `0..n` the two targets hold (the volumes, or their snapshots `snap`),
 /// read through `portal`.
 fn records_in(portal: &str, snap: Option<&str>, n: u64) -> Vec<bool> {
@@ -94,7 +85,7 @@ fn one_cut(members: usize) {
             &replicas,
         ]);
     }
-    let p = portals(&lab);
+    let p = lab.member_portals();
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writer = {

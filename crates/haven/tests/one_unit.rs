@@ -18,15 +18,6 @@ use support::Lab;
 /// Sense key MISCOMPARE.
 const MISCOMPARE: u8 = 0x0e;
 
-fn portals(lab: &Lab) -> Vec<String> {
-    lab.status_json()["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["portal"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn compare_and_write_is_one_step_across_member_portals() {
     let lab = Lab::up_group(3);
@@ -47,7 +38,7 @@ fn compare_and_write_is_one_step_across_member_portals() {
     let done = Arc::new(AtomicU64::new(0));
     let misses = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
-    for (i, portal) in portals(&lab).into_iter().enumerate() {
+    for (i, portal) in lab.member_portals().into_iter().enumerate() {
         let (done, misses) = (done.clone(), misses.clone());
         clients.push(thread::spawn(move || {
             let name = format!("iqn.2026-11.org.haven:caw-client-{i}");
@@ -77,7 +68,7 @@ fn compare_and_write_is_one_step_across_member_portals() {
     for c in clients {
         c.join().unwrap();
     }
-    let portal = portals(&lab).remove(0);
+    let portal = lab.member_portals().remove(0);
     let mut c = Initiator::connect(&portal, target, "iqn.2026-11.org.haven:caw-check").unwrap();
     c.settle();
     let counter = u64::from_be_bytes(c.read(0, 1).unwrap()[..8].try_into().unwrap());
@@ -137,7 +128,7 @@ fn persistent_reservations_hold_across_member_portals() {
         "2",
     ]);
     let target = "iqn.2026-11.org.haven:pr";
-    let p = portals(&lab);
+    let p = lab.member_portals();
     let connect = |i: usize, name: &str| {
         let mut c = Initiator::connect(&p[i], target, name).expect("login");
         c.settle();

@@ -168,6 +168,16 @@ impl Lab {
         stdout(&o)
     }
 
+    /// The portal of every member of the lab, in the lab's order.
+    pub fn member_portals(&self) -> Vec<String> {
+        self.status_json()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["portal"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let o = haven(&["lab", "status", "--json", "--data", self.dir_str()], &[]);
         assert!(o.status.success(), "{}", stderr(&o));
