@@ -25,9 +25,7 @@ impl GroupDevice {
 
     /// Run a group operation from the engine's (blocking) thread.
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        let rt = self.group.rt.clone();
-        let gone = super::abandon::current();
-        tokio::task::block_in_place(move || rt.block_on(super::abandon::scoped(f, gone)))
+        self.group.block_on(f)
     }
 
     fn bytes(&self, lba: u64) -> u64 {

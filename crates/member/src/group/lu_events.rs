@@ -50,9 +50,7 @@ impl OtherPorts for GroupPorts {
             kind,
             arg: 0,
         };
-        let g = self.group.clone();
-        let rt = g.rt.clone();
-        tokio::task::block_in_place(move || rt.block_on(g.broadcast_lu_event(event)));
+        self.group.block_on(self.group.broadcast_lu_event(event));
     }
 }
 

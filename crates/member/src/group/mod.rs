@@ -247,6 +247,13 @@ impl Group {
         self.observe(state, std::time::Instant::now());
     }
 
+    /// Run a group operation to its end from a blocking thread (the SCSI engine's), as
+    /// part of the command running there (see [`abandon`]).
+    pub(crate) fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let gone = abandon::current();
+        tokio::task::block_in_place(|| self.rt.block_on(abandon::scoped(f, gone)))
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -44,32 +44,29 @@ impl SharedReservations for GroupReservations {
     fn commit(&self, base: u64, change: &[u8]) -> Result<u64, ReservationConflict> {
         let change = String::from_utf8(change.to_vec())
             .map_err(|e| ReservationConflict::Failed(e.to_string()))?;
-        let g = self.group.clone();
+        let g = &self.group;
         let volume = self.volume;
-        let rt = g.rt.clone();
-        tokio::task::block_in_place(move || {
-            rt.block_on(async move {
-                let cmd = Command::SetReservations {
-                    volume,
-                    base,
-                    change,
-                };
-                match g.control.write(cmd).await {
-                    Ok(Outcome::Ok) => Ok(base + 1),
-                    Ok(Outcome::Refused {
-                        kind: RefusalKind::Busy,
-                        ..
-                    }) => {
-                        // Another port got there first: what it recorded, once applied here.
-                        let state = g.reservations_reach(volume, base + 1).await;
-                        Err(ReservationConflict::Newer(changes_after(
-                            &state, volume, base,
-                        )))
-                    }
-                    Ok(other) => Err(ReservationConflict::Failed(format!("{other:?}"))),
-                    Err(e) => Err(ReservationConflict::Failed(e.to_string())),
+        g.block_on(async move {
+            let cmd = Command::SetReservations {
+                volume,
+                base,
+                change,
+            };
+            match g.control.write(cmd).await {
+                Ok(Outcome::Ok) => Ok(base + 1),
+                Ok(Outcome::Refused {
+                    kind: RefusalKind::Busy,
+                    ..
+                }) => {
+                    // Another port got there first: what it recorded, once applied here.
+                    let state = g.reservations_reach(volume, base + 1).await;
+                    Err(ReservationConflict::Newer(changes_after(
+                        &state, volume, base,
+                    )))
                 }
-            })
+                Ok(other) => Err(ReservationConflict::Failed(format!("{other:?}"))),
+                Err(e) => Err(ReservationConflict::Failed(e.to_string())),
+            }
         })
     }
 
@@ -79,9 +76,7 @@ impl SharedReservations for GroupReservations {
             kind: LuEventKind::Reservations,
             arg: revision,
         };
-        let g = self.group.clone();
-        let rt = g.rt.clone();
-        tokio::task::block_in_place(move || rt.block_on(g.broadcast_lu_event(event)));
+        self.group.block_on(self.group.broadcast_lu_event(event));
     }
 }
 
