@@ -38,6 +38,9 @@ pub struct Options {
     pub command: String,
     /// Print progress on stderr.
     pub verbose: bool,
+    /// Measure only the figures whose name contains this (case-insensitive; "replicated"
+    /// selects the replicated-writes figure): for iterating on one figure.
+    pub only: Option<String>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
                 if quick { " --quick" } else { "" }
             ),
             verbose: true,
+            only: None,
         }
     }
     fn runs(&self) -> u32 {
@@ -399,8 +403,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     std::fs::remove_file(&src)?;
 
+    let wanted = |name: &str| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| name.to_lowercase().contains(&o.to_lowercase()))
+    };
     let mut figures = Vec::new();
     for g in groups(with_fio) {
+        if !g.figures.iter().any(|f| wanted(f.0)) {
+            continue;
+        }
         // qemu-img bench runs a fixed request count: size it to about `secs` per server.
         let mut counts = [0u64; 2];
         if let Client::QemuImgBench { write } = g.client {
@@ -476,7 +488,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(haven);
     drop(tgtd);
     // After the servers above are gone: the labs need the cores and the tmpfs to themselves.
-    let replicated = replicated_writes(opts, dir, size, runs, secs).context("replicated writes")?;
+    let replicated = if wanted("replicated writes") {
+        Some(replicated_writes(opts, dir, size, runs, secs).context("replicated writes")?)
+    } else {
+        None
+    };
     drop(work);
     Ok(Report {
         command: opts.command.clone(),
@@ -487,7 +503,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         machine: machine(load0),
         tools,
         figures,
-        replicated: Some(replicated),
+        replicated,
         not_measured,
     })
 }

@@ -28,6 +28,10 @@ struct Cli {
     /// Volume size in MiB (default 1024, quick 64).
     #[arg(long)]
     size_mib: Option<u64>,
+    /// Only the figures whose name contains this ("1 MiB", "latency", "replicated"):
+    /// for iterating on one figure; a report to publish measures them all.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// The `haven` binary in this binary's target dir, brought up to date when cargo runs us.
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
     opts.runs = cli.runs;
     opts.seconds = cli.seconds;
     opts.size_mib = cli.size_mib;
+    opts.only = cli.only.clone();
     // The command line that repeats this run, as typed through cargo.
     let args: Vec<String> = std::env::args().skip(1).collect();
     opts.command = format!(

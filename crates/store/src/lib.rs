@@ -58,6 +58,7 @@ mod crc;
 pub mod disk;
 pub mod error;
 pub mod file;
+mod full_extents;
 mod journal;
 pub mod layout;
 mod store;

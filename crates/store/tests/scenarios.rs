@@ -340,3 +340,57 @@ fn newer_format_is_refused() {
     assert_eq!(e.kind, ErrorKind::FormatTooNew);
     assert!(e.to_string().contains("newer"), "{e}");
 }
+
+/// A fully written volume answers provisioning status as one mapped run (so an initiator
+/// that caches the run stops asking), and what UNMAP or a restore empties reports as a
+/// hole again even after a query saw it full.
+#[test]
+fn a_fully_written_volume_is_one_mapped_run_until_something_unmaps_it() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::open(t.path(), opts()).unwrap();
+    let size = 64u64 << 20;
+    s.create_volume(1, size, BS as u32, false).unwrap();
+    let v = s.volume(1).unwrap();
+    let blocks = size / BS as u64;
+    let bpe = s.extent_size() / BS as u64;
+    let half = vec![5u8; (size / 2) as usize];
+    v.write(0, &half, false).unwrap();
+    s.snapshot(1, 1).unwrap();
+    v.write(blocks / 2, &half, false).unwrap();
+    // The first answers read headers a few extents at a time; once every extent has been
+    // seen, one answer covers the volume.
+    let mut lba = 0;
+    while lba < blocks {
+        let st = v.lba_status(lba).unwrap();
+        assert!(st.mapped, "lba {lba}");
+        lba += st.blocks;
+    }
+    let st = v.lba_status(0).unwrap();
+    assert!(st.mapped);
+    assert_eq!(st.blocks, blocks, "one run from the start");
+    let st = v.lba_status(3).unwrap();
+    assert_eq!((st.mapped, st.blocks), (true, blocks - 3));
+    // Unmap one whole extent in the middle: the run stops there, the hole shows.
+    let x = blocks / bpe / 2 + 1;
+    v.unmap(x * bpe, bpe).unwrap();
+    let st = v.lba_status(0).unwrap();
+    assert_eq!((st.mapped, st.blocks), (true, x * bpe));
+    let st = v.lba_status(x * bpe).unwrap();
+    assert_eq!((st.mapped, st.blocks), (false, bpe));
+    // Restore to the half-written snapshot: the second half is holes again.
+    v.write(x * bpe, &vec![6u8; (bpe * BS as u64) as usize], false)
+        .unwrap();
+    assert_eq!(v.lba_status(0).unwrap().blocks, blocks);
+    s.checkpoint().unwrap();
+    s.restore(1, 1).unwrap();
+    let mut lba = 0;
+    let mut mapped = 0;
+    while lba < blocks {
+        let st = v.lba_status(lba).unwrap();
+        if st.mapped {
+            mapped += st.blocks;
+        }
+        lba += st.blocks;
+    }
+    assert_eq!(mapped, blocks / 2, "after restore");
+}
