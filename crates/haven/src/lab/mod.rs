@@ -210,18 +210,12 @@ async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::R
         }
         if process::running(&dir).is_none() {
             let log = dir.join("member.log");
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let last = tail
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .to_string();
+            let how = process::exit_status(&dir).unwrap_or_else(|| "ended".into());
             bail!(
-                "{} exited while starting (see {}): {}",
+                "{} exited while starting ({how}; see {}); its log ends:\n{}",
                 m.name,
                 log.display(),
-                last
+                process::log_tail(&log, 8)
             );
         }
         if t.elapsed() > limit {
@@ -271,16 +265,13 @@ async fn wait_host_ready(lab: &LabState, h: &LabHost, limit: Duration) -> anyhow
             }
         }
         if process::running(&dir).is_none() {
-            let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
+            let log = dir.join("host.log");
+            let how = process::exit_status(&dir).unwrap_or_else(|| "ended".into());
             bail!(
-                "{} exited while starting (see {}): {last}",
+                "{} exited while starting ({how}; see {}); its log ends:\n{}",
                 h.name,
-                dir.join("host.log").display()
+                log.display(),
+                process::log_tail(&log, 8)
             );
         }
         if t.elapsed() > limit {

@@ -124,11 +124,48 @@ fn spawn(dir: &Path, log_name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Resul
         .with_context(|| format!("starting {}", dir.display()))?;
     let pid = child.id() as i32;
     std::fs::write(pid_file(dir), pid.to_string()).context("writing the pid file")?;
-    // Reap it when it exits so it never lingers as a zombie while this process lives.
+    // Reap it when it exits so it never lingers as a zombie while this process lives, and
+    // say how it ended: a process killed by a signal leaves nothing in its log.
+    let exit_file = exit_file(dir);
+    let _ = std::fs::remove_file(&exit_file);
     std::thread::spawn(move || {
-        let _ = child.wait();
+        if let Ok(status) = child.wait() {
+            let _ = std::fs::write(&exit_file, format!("{status}\n"));
+        }
     });
     Ok(pid)
+}
+
+fn exit_file(dir: &Path) -> PathBuf {
+    dir.join("exit")
+}
+
+/// How the process this lab command started in `dir` ended ("exit status: 1",
+/// "signal: 11 (SIGSEGV)"), once its reaper has seen it; waits up to a second for that.
+pub fn exit_status(dir: &Path) -> Option<String> {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(exit_file(dir)) {
+            return Some(s.trim().to_string());
+        }
+        if t.elapsed() > Duration::from_secs(1) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` non-empty lines of a log, oldest first.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines: Vec<&str> = text
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .collect();
+    lines.reverse();
+    lines.join("\n")
 }
 
 fn signal(pid: i32, sig: i32) {
