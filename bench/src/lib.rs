@@ -406,7 +406,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let wanted = |name: &str| {
         opts.only
             .as_ref()
-            .is_none_or(|o| name.to_lowercase().contains(&o.to_lowercase()))
+            .map_or(true, |o| name.to_lowercase().contains(&o.to_lowercase()))
     };
     let mut figures = Vec::new();
     for g in groups(with_fio) {
