@@ -23,11 +23,32 @@ pub(crate) struct FullExtents {
 }
 
 impl FullExtents {
+    #[cfg(test)]
     pub(crate) fn contains(&self, x: u64) -> bool {
         let words = self.words.read().unwrap_or_else(|e| e.into_inner());
         words
             .get((x / 64) as usize)
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (x % 64)) != 0)
+    }
+
+    /// How many extents from `x` on are known full, counting at most `max`: one lock and
+    /// a word at a time, so a status answer can follow a large volume's run cheaply.
+    pub(crate) fn run_from(&self, x: u64, max: u64) -> u64 {
+        let words = self.words.read().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        while n < max {
+            let at = x + n;
+            let Some(w) = words.get((at / 64) as usize) else {
+                break;
+            };
+            let bits = w.load(Ordering::Relaxed) >> (at % 64);
+            let ones = u64::from(bits.trailing_ones()).min(64 - at % 64);
+            n += ones;
+            if at % 64 + ones < 64 {
+                break;
+            }
+        }
+        n.min(max)
     }
 
     pub(crate) fn insert(&self, x: u64) {
@@ -88,5 +109,23 @@ mod tests {
         f.insert(7);
         f.clear();
         assert!(!f.contains(7));
+    }
+
+    #[test]
+    fn a_run_counts_consecutive_known_extents_across_words() {
+        let f = FullExtents::default();
+        assert_eq!(f.run_from(0, 1000), 0);
+        for x in 3..200 {
+            f.insert(x);
+        }
+        assert_eq!(f.run_from(3, 1000), 197);
+        assert_eq!(f.run_from(60, 1000), 140);
+        assert_eq!(f.run_from(64, 1000), 136);
+        assert_eq!(f.run_from(10, 50), 50);
+        assert_eq!(f.run_from(2, 1000), 0);
+        assert_eq!(f.run_from(200, 1000), 0);
+        f.remove_range(130, 131);
+        assert_eq!(f.run_from(3, 1000), 127);
+        assert_eq!(f.run_from(131, 1000), 69);
     }
 }

@@ -33,8 +33,9 @@ const SHARDS: usize = 64;
 /// latency through qemu-nbd 6 × tgtd's on a 1 GiB volume.
 const STATUS_EXTENTS: usize = 4;
 /// Extents known to be fully mapped that one provisioning-status answer follows without
-/// reading anything (64 GiB of 1 MiB extents): a fully written volume is one run.
-const STATUS_KNOWN_FULL: usize = 65_536;
+/// reading anything (1 TiB of 256 KiB extents, a few thousand word reads): a fully
+/// written volume is one run.
+const STATUS_KNOWN_FULL: u64 = 1 << 22;
 /// Journal size, in multiples of the checkpoint limit, past which writers wait.
 const JOURNAL_HARD: u64 = 4;
 /// Blocks per extent a read handles with buffers on the stack (32 KiB of 512-byte blocks).
@@ -2045,14 +2046,14 @@ impl Volume {
             let x = b / self.bpe;
             let first = (b % self.bpe) as usize;
             let cnt = ((limit - b) as usize).min(self.bpe as usize - first);
-            if at == u64::MAX && state != Some(false) && self.full.contains(x) {
-                state = Some(true);
-                b += cnt as u64;
-                known_full += 1;
-                if known_full == STATUS_KNOWN_FULL {
-                    break;
+            if at == u64::MAX && state != Some(false) && known_full < STATUS_KNOWN_FULL {
+                let run = self.full.run_from(x, STATUS_KNOWN_FULL - known_full);
+                if run > 0 {
+                    state = Some(true);
+                    b = ((x + run) * self.bpe).min(limit);
+                    known_full += run;
+                    continue;
                 }
-                continue;
             }
             // Only an extent wholly inside the volume and seen from its first block can be
             // known full (a grown volume's last extent gains unmapped blocks).
