@@ -2,14 +2,15 @@
 
 use crate::proc::{run_tool, Daemon};
 use anyhow::{bail, Context, Result};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1.
+/// A free port on 127.0.0.1 that outgoing connections never take ([`member::ports`]).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(member::ports::free_local_port()?)
 }
 
 fn wait_for_port(d: &mut Daemon, port: u16, within: Duration) -> Result<()> {

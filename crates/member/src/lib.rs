@@ -11,6 +11,7 @@ mod group_sessions;
 pub mod http;
 mod lineage;
 pub mod portal;
+pub mod ports;
 pub mod registry;
 pub mod vms;
 

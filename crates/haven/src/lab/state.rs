@@ -116,8 +116,8 @@ impl LabState {
     }
 }
 
-/// A free TCP port on 127.0.0.1, chosen by the kernel.
+/// A free TCP port on 127.0.0.1 that outgoing connections never take
+/// ([`member::ports`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    member::ports::free_local_port().context("finding a free port")
 }

@@ -14,13 +14,9 @@ pub fn haven_bin() -> &'static str {
     env!("CARGO_BIN_EXE_haven")
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1 that outgoing connections never take ([`member::ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    member::ports::free_local_port().unwrap()
 }
 
 /// Run `haven ARGS` and return its output.
