@@ -38,16 +38,7 @@ mod tests {
 
     fn with_volume() -> (ClusterState, u64) {
         let mut s = ClusterState::default();
-        let Outcome::Volume(v) = s.apply(Command::CreateVolume {
-            name: "v".into(),
-            size: 1 << 20,
-            block_size: 512,
-            replicas: 1,
-            thick: false,
-            allow: vec![],
-            chap: None,
-            created: 0,
-        }) else {
+        let Outcome::Volume(v) = s.apply(crate::state::tests::create("v", 1 << 20)) else {
             panic!("volume not created");
         };
         (s, v.id)

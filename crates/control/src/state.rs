@@ -762,10 +762,12 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn create(name: &str, size: u64) -> Command {
+    /// CREATE VOLUME with the defaults every test here takes (also used by other modules'
+    /// tests).
+    pub(crate) fn create(name: &str, size: u64) -> Command {
         Command::CreateVolume {
             name: name.into(),
             size,

@@ -110,6 +110,22 @@ fn settle(lu: &LogicalUnit, n: &NexusId) {
     }
 }
 
+/// Two units sharing one record, each with a host whose first unit attention is taken.
+fn two_units() -> (
+    Arc<Record>,
+    Arc<LogicalUnit>,
+    Arc<LogicalUnit>,
+    NexusId,
+    NexusId,
+) {
+    let record = Arc::new(Record::default());
+    let (a, b) = (unit(&record), unit(&record));
+    let (host_a, host_b) = (nexus("iqn.host-a", 1), nexus("iqn.host-b", 2));
+    settle(&a, &host_a);
+    settle(&b, &host_b);
+    (record, a, b, host_a, host_b)
+}
+
 const GOOD: u8 = 0;
 const CHECK: u8 = 2;
 const CONFLICT: u8 = 0x18;
@@ -117,11 +133,7 @@ const WRITE_EXCLUSIVE: u8 = 1;
 
 #[test]
 fn a_reservation_taken_at_one_unit_holds_at_the_other() {
-    let record = Arc::new(Record::default());
-    let (a, b) = (unit(&record), unit(&record));
-    let (host_a, host_b) = (nexus("iqn.host-a", 1), nexus("iqn.host-b", 2));
-    settle(&a, &host_a);
-    settle(&b, &host_b);
+    let (_record, a, b, host_a, host_b) = two_units();
     assert_eq!(prout(&a, &host_a, 0, 0, 0, 0xA), GOOD);
     assert_eq!(prout(&a, &host_a, 1, WRITE_EXCLUSIVE, 0xA, 0), GOOD);
     assert_eq!(write(&b, &host_b).0, CONFLICT);
@@ -140,11 +152,7 @@ fn a_reservation_taken_at_one_unit_holds_at_the_other() {
 
 #[test]
 fn a_change_made_on_a_stale_copy_runs_again_on_the_newer_one() {
-    let record = Arc::new(Record::default());
-    let (a, b) = (unit(&record), unit(&record));
-    let (host_a, host_b) = (nexus("iqn.host-a", 1), nexus("iqn.host-b", 2));
-    settle(&a, &host_a);
-    settle(&b, &host_b);
+    let (record, a, b, host_a, host_b) = two_units();
     // B never hears of A's reservation (publication held back) ...
     *record.hold.lock().unwrap() = true;
     assert_eq!(prout(&a, &host_a, 0, 0, 0, 0xA), GOOD);

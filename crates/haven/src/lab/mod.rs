@@ -209,14 +209,7 @@ async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::R
             }
         }
         if process::running(&dir).is_none() {
-            let log = dir.join("member.log");
-            let how = process::exit_status(&dir).unwrap_or_else(|| "ended".into());
-            bail!(
-                "{} exited while starting ({how}; see {}); its log ends:\n{}",
-                m.name,
-                log.display(),
-                process::log_tail(&log, 8)
-            );
+            return Err(exited_while_starting(&m.name, &dir, "member.log"));
         }
         if t.elapsed() > limit {
             bail!(
@@ -228,6 +221,17 @@ async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How a lab process that died while starting ended, and the end of its log.
+fn exited_while_starting(name: &str, dir: &Path, log_name: &str) -> anyhow::Error {
+    let log = dir.join(log_name);
+    let how = process::exit_status(dir).unwrap_or_else(|| "ended".into());
+    anyhow::anyhow!(
+        "{name} exited while starting ({how}; see {}); its log ends:\n{}",
+        log.display(),
+        process::log_tail(&log, 8)
+    )
 }
 
 /// A host agent's first start probes KVM (up to 20 s) before it registers.
@@ -265,14 +269,7 @@ async fn wait_host_ready(lab: &LabState, h: &LabHost, limit: Duration) -> anyhow
             }
         }
         if process::running(&dir).is_none() {
-            let log = dir.join("host.log");
-            let how = process::exit_status(&dir).unwrap_or_else(|| "ended".into());
-            bail!(
-                "{} exited while starting ({how}; see {}); its log ends:\n{}",
-                h.name,
-                log.display(),
-                process::log_tail(&log, 8)
-            );
+            return Err(exited_while_starting(&h.name, &dir, "host.log"));
         }
         if t.elapsed() > limit {
             bail!(
