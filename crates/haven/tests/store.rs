@@ -187,14 +187,16 @@ fn a_flipped_byte_is_a_medium_error_and_scrub_finds_it() {
     let lab = Lab::up();
     lab.ok(&["volume", "create", "flip", "--size", "64MiB"]);
     let mut ini = connect(&lab, "iqn.2026-11.org.haven:flip");
-    let mut block = vec![0u8; 4096];
+    // A whole 256 KiB extent (blocks 512..1024), so that large reads of it are served
+    // from the mapped extent file (`store`'s `mapped`), small ones by copying.
+    let mut extent = vec![0u8; 256 * 1024];
     let marker = b"HAVEN-FLIP-MARKER-0123456789";
-    for c in block.chunks_mut(512) {
+    for c in extent.chunks_mut(512) {
         c[..marker.len()].copy_from_slice(marker);
     }
-    ini.write(800, &block, true).unwrap();
+    ini.write(512, &extent, true).unwrap();
     drop(ini);
-    // A clean stop checkpoints: the block is now in the extent file.
+    // A clean stop checkpoints: the blocks are now in the extent file.
     let o = haven(&["lab", "down", "--data", lab.dir_str()], &[]);
     assert!(o.status.success());
     let extents = lab.dir.join("member-1/data/store/extents.dat");
@@ -208,14 +210,16 @@ fn a_flipped_byte_is_a_medium_error_and_scrub_finds_it() {
     lab.up_again();
 
     let mut ini = connect(&lab, "iqn.2026-11.org.haven:flip");
-    match ini.read(800, 1) {
-        Err(IoError::Status {
-            key: 3, asc: 0x11, ..
-        }) => {}
-        other => panic!("a corrupted block was not reported as a medium error: {other:?}"),
+    for (what, blocks) in [("a one-block read", 1), ("a whole-extent read", 512)] {
+        match ini.read(512, blocks) {
+            Err(IoError::Status {
+                key: 3, asc: 0x11, ..
+            }) => {}
+            other => panic!("{what} of a corrupted block was no medium error: {other:?}"),
+        }
     }
     // The other blocks of the write still read.
-    assert_eq!(&ini.read(801, 1).unwrap()[..marker.len()], marker);
+    assert_eq!(&ini.read(513, 1).unwrap()[..marker.len()], marker);
     let o = lab.cli(&["volume", "scrub", "flip", "--json"]);
     assert!(
         !o.status.success(),
@@ -224,5 +228,5 @@ fn a_flipped_byte_is_a_medium_error_and_scrub_finds_it() {
         stderr(&o)
     );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(report["bad"], serde_json::json!([800]), "{report}");
+    assert_eq!(report["bad"], serde_json::json!([512]), "{report}");
 }

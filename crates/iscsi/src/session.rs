@@ -99,6 +99,42 @@ pub struct Outcome {
     pub status: u8,
     pub sense: Option<Vec<u8>>,
     pub data: Bytes,
+    /// Data-In in several buffers (a read's extents where the store keeps them), in
+    /// order; `data` is then empty. No Data-In PDU spans two of them.
+    pub pieces: Vec<Bytes>,
+}
+
+impl Outcome {
+    /// Data-In bytes in `data` and `pieces`.
+    fn data_len(&self) -> usize {
+        self.data.len() + self.pieces.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
+/// At most `n` bytes from `offset` of the pieces' concatenation, within one piece.
+fn piece_at(pieces: &[Bytes], offset: usize, n: usize) -> Bytes {
+    let mut at = offset;
+    for p in pieces {
+        if at < p.len() {
+            return p.slice(at..at + n.min(p.len() - at));
+        }
+        at -= p.len();
+    }
+    Bytes::new()
+}
+
+/// The pieces cut to their first `len` bytes.
+fn cut(pieces: Vec<Bytes>, mut len: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        if len == 0 {
+            break;
+        }
+        let n = p.len().min(len);
+        out.push(p.slice(..n));
+        len -= n;
+    }
+    out
 }
 
 /// What the driver must do.
@@ -607,18 +643,29 @@ impl Session {
             return;
         }
         let edtl = task.edtl as usize;
-        if task.read && !outcome.data.is_empty() && edtl > 0 {
+        let total = outcome.data_len();
+        if task.read && total > 0 && edtl > 0 {
+            let sent = total.min(edtl);
             let data = outcome.data.slice(..outcome.data.len().min(edtl));
-            let (flag, residual) = residual(outcome.data.len(), edtl);
+            let cut_pieces;
+            let pieces: &[Bytes] = if outcome.pieces.is_empty() {
+                std::slice::from_ref(&data)
+            } else {
+                cut_pieces = cut(outcome.pieces, sent);
+                &cut_pieces
+            };
+            let (flag, residual) = residual(total, edtl);
             let with_status = outcome.status == crate::STATUS_GOOD && outcome.sense.is_none();
             let mrdsl = self.info.params.initiator_max_recv.max(512) as usize;
             let burst = self.info.params.max_burst.max(512) as usize;
             let mut offset = 0usize;
             let mut data_sn = 0u32;
             let mut in_burst = 0usize;
-            while offset < data.len() {
-                let n = (data.len() - offset).min(mrdsl).min(burst - in_burst);
-                let last = offset + n == data.len();
+            while offset < sent {
+                let most = (sent - offset).min(mrdsl).min(burst - in_burst);
+                let payload = piece_at(pieces, offset, most);
+                let n = payload.len();
+                let last = offset + n == sent;
                 in_burst += n;
                 let mut p = Pdu::new(Opcode::DataIn);
                 let mut f = 0u8;
@@ -641,7 +688,7 @@ impl Session {
                 p.set_flags(f);
                 p.put32(36, data_sn);
                 p.put32(40, offset as u32);
-                p.data = data.slice(offset..offset + n);
+                p.data = payload;
                 out.push(Action::Send(p));
                 offset += n;
                 data_sn += 1;
@@ -654,7 +701,7 @@ impl Session {
             return;
         }
         let (flag, residual) = if task.read {
-            residual(outcome.data.len(), edtl)
+            residual(total, edtl)
         } else if task.write {
             match described_out {
                 Some(n) => residual(usize::try_from(n).unwrap_or(usize::MAX), edtl),

@@ -362,10 +362,23 @@ impl Driver {
             } => {
                 if !self.executing.is_empty() {
                     let itt = self.executing.remove(pick % self.executing.len());
-                    let o = Outcome {
-                        status,
-                        sense: sense.then(|| iscsi::sense_bytes(5, 0x24, 0)),
-                        data: Bytes::from(pattern(len, 4)),
+                    let data = Bytes::from(pattern(len, 4));
+                    // Some reads come back in pieces (a store's extents).
+                    let o = if pick % 3 == 0 && len > 0 {
+                        let cut = len * (pick % 7 + 1) / 8;
+                        Outcome {
+                            status,
+                            sense: sense.then(|| iscsi::sense_bytes(5, 0x24, 0)),
+                            pieces: vec![data.slice(..cut), data.slice(cut..)],
+                            ..Outcome::default()
+                        }
+                    } else {
+                        Outcome {
+                            status,
+                            sense: sense.then(|| iscsi::sense_bytes(5, 0x24, 0)),
+                            data,
+                            ..Outcome::default()
+                        }
                     };
                     let a = self.s.complete(itt, o);
                     self.absorb(a);

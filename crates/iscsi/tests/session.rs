@@ -105,6 +105,46 @@ fn read_is_split_at_the_initiators_max_recv() {
 }
 
 #[test]
+fn read_in_pieces_never_puts_two_pieces_in_one_data_in() {
+    let (mut s, dir, now) = session_with(params());
+    let data = pattern(10_240, 5);
+    // Three pieces (a store's extents): 3000, 5000 and 2240 bytes.
+    let pieces = [0..3000, 3000..8000, 8000..10_240]
+        .into_iter()
+        .map(|r| Bytes::copy_from_slice(&data[r]))
+        .collect();
+    let o = Outcome {
+        pieces,
+        ..Outcome::default()
+    };
+    let pdus = run_read(&mut s, &dir, now, 1, 10, 10_240, o);
+    let lens: Vec<usize> = pdus.iter().map(|p| p.data.len()).collect();
+    assert_eq!(
+        lens,
+        vec![3000, 4096, 904, 2240],
+        "cut at pieces and at 4096"
+    );
+    let offsets: Vec<u32> = pdus.iter().map(|p| p.get32(40)).collect();
+    assert_eq!(offsets, vec![0, 3000, 7096, 8000]);
+    let joined: Vec<u8> = pdus.iter().flat_map(|p| p.data.iter().copied()).collect();
+    assert_eq!(joined, data);
+    assert_ne!(pdus[3].flags() & flags::STATUS, 0);
+    assert_eq!(pdus[3].get32(44), 0);
+
+    // Overflow: the pieces hold more than the buffer; only 4096 bytes cross.
+    let o = Outcome {
+        pieces: vec![Bytes::from(pattern(3000, 6)), Bytes::from(pattern(3000, 7))],
+        ..Outcome::default()
+    };
+    let pdus = run_read(&mut s, &dir, now, 2, 11, 4096, o);
+    let lens: Vec<usize> = pdus.iter().map(|p| p.data.len()).collect();
+    assert_eq!(lens, vec![3000, 1096]);
+    let last = pdus.last().unwrap();
+    assert_ne!(last.flags() & flags::OVERFLOW, 0);
+    assert_eq!(last.get32(44), 1904);
+}
+
+#[test]
 fn read_data_in_sequences_end_at_max_burst() {
     let p = SessionParams {
         initiator_max_recv: 4096,
@@ -157,6 +197,7 @@ fn read_with_check_condition_sends_data_then_response() {
         status: 2,
         sense: Some(iscsi::sense_bytes(3, 0x11, 0)),
         data: Bytes::from(pattern(5000, 5)),
+        ..Outcome::default()
     };
     let pdus = run_read(&mut s, &dir, now, 1, 10, 8192, o);
     assert_eq!(pdus.len(), 3);

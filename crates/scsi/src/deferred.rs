@@ -96,6 +96,8 @@ impl LogicalUnit {
             cdb,
             data: data_out,
             spare: Cell::new(Vec::new()),
+            mapped_ok: false,
+            mapped: Cell::new(None),
         };
         match rw::write_checked(&ctx) {
             Err(f) => Admit::Done(response(Err(f))),

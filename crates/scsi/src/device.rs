@@ -33,6 +33,26 @@ pub struct LbaStatus {
     pub mapped: bool,
 }
 
+/// A read's blocks where the device keeps them (the store's page cache, mapped), checked
+/// against their checksums, for a transport to send without copying them first. Each
+/// piece keeps its blocks from being reused for other data until it is dropped.
+#[derive(Debug, Default)]
+pub struct MappedRead {
+    /// The blocks in LBA order, one piece per contiguous run.
+    pub pieces: Vec<bytes::Bytes>,
+}
+
+impl MappedRead {
+    /// Bytes in all pieces.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(bytes::Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A block device: the store's volumes, snapshots, or a test device.
 ///
 /// Calls may block (they do file I/O); the caller runs them off the async reactor.
@@ -54,6 +74,12 @@ pub trait BlockDevice: Send + Sync {
     /// `buf` is overwritten (unwritten blocks read as zeroes): the engine may pass a
     /// recycled buffer that still holds an earlier read.
     fn read(&self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Read `blocks` blocks at `lba` without copying them ([`MappedRead`]) when the device
+    /// can and it is worth it (large reads of fully written extents). `None`: use
+    /// [`BlockDevice::read`].
+    fn read_mapped(&self, _lba: u64, _blocks: u64) -> Option<Result<MappedRead, DeviceError>> {
+        None
+    }
     /// Write whole blocks. With `fua` the data is durable before this returns.
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
     /// Make every completed write durable (SYNCHRONIZE CACHE).

@@ -27,7 +27,7 @@ mod ua;
 mod xcopy;
 
 pub use deferred::{Admit, DeferredWrite};
-pub use device::{BlockDevice, DeviceError, LbaStatus, MemDevice};
+pub use device::{BlockDevice, DeviceError, LbaStatus, MappedRead, MemDevice};
 pub use lu::{
     CopyResolver, LogicalUnit, LuIdentity, NexusId, OtherPorts, Response, TargetPortGroup,
     TaskManagement, TmfResult,

@@ -1,7 +1,7 @@
 //! A logical unit: the SCSI command engine for one volume.
 
 use crate::cdb::Cdb;
-use crate::device::{BlockDevice, DeviceError};
+use crate::device::{BlockDevice, DeviceError, MappedRead};
 use crate::pr::{PrPersistence, PrRestoreError, ResState, SharedReservations};
 use crate::rsoc::{self, Access, Lookup};
 use crate::sense::{codes, Check, Sense};
@@ -139,6 +139,10 @@ pub(crate) struct Ctx<'a> {
     pub data: &'a [u8],
     /// A buffer the transport lends for Data-In (see [`LogicalUnit::execute_with`]).
     pub spare: Cell<Vec<u8>>,
+    /// Whether a READ may answer with the device's own buffers, and where they go
+    /// ([`LogicalUnit::execute_read_mapped`]).
+    pub mapped_ok: bool,
+    pub mapped: Cell<Option<MappedRead>>,
 }
 
 impl Ctx<'_> {
@@ -241,7 +245,27 @@ impl LogicalUnit {
         data_out: &[u8],
         spare: Vec<u8>,
     ) -> Response {
-        match self.run(nexus, cdb, data_out, spare) {
+        self.respond(self.run(nexus, cdb, data_out, spare, false).0)
+    }
+
+    /// As [`LogicalUnit::execute_with`], letting a READ's blocks come back where the device
+    /// keeps them ([`BlockDevice::read_mapped`]), not copied into `spare`: then the
+    /// response carries no data and the pieces are beside it.
+    pub fn execute_read_mapped(
+        &self,
+        nexus: &NexusId,
+        cdb: &[u8],
+        data_out: &[u8],
+        spare: Vec<u8>,
+    ) -> (Response, Option<MappedRead>) {
+        let (r, mapped) = self.run(nexus, cdb, data_out, spare, true);
+        let r = self.respond(r);
+        let mapped = mapped.filter(|_| r.status == status::GOOD);
+        (r, mapped)
+    }
+
+    fn respond(&self, r: CmdResult) -> Response {
+        match r {
             Ok(r) => Response {
                 status: r.status,
                 sense: None,
@@ -260,16 +284,29 @@ impl LogicalUnit {
         }
     }
 
-    fn run(&self, nexus: &NexusId, raw: &[u8], data_out: &[u8], spare: Vec<u8>) -> CmdResult {
-        let cdb = self.admit(nexus, raw)?;
+    fn run(
+        &self,
+        nexus: &NexusId,
+        raw: &[u8],
+        data_out: &[u8],
+        spare: Vec<u8>,
+        mapped_ok: bool,
+    ) -> (CmdResult, Option<MappedRead>) {
+        let cdb = match self.admit(nexus, raw) {
+            Ok(c) => c,
+            Err(f) => return (Err(f), None),
+        };
         let ctx = Ctx {
             lu: self,
             nexus,
             cdb,
             data: data_out,
             spare: Cell::new(spare),
+            mapped_ok,
+            mapped: Cell::new(None),
         };
-        crate::dispatch::dispatch(&ctx)
+        let r = crate::dispatch::dispatch(&ctx);
+        (r, ctx.mapped.take())
     }
 
     /// What every command passes before its handler: unit attentions, a CDB the engine

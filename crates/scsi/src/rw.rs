@@ -229,6 +229,16 @@ pub(crate) fn read(ctx: &Ctx) -> CmdResult {
     check_protect(&rw)?;
     check_range(ctx, rw.lba, rw.len)?;
     check_max(ctx, &rw)?;
+    if ctx.mapped_ok && rw.len > 0 {
+        match ctx.dev().read_mapped(rw.lba, rw.len) {
+            Some(Ok(m)) => {
+                ctx.mapped.set(Some(m));
+                return Ok(Reply::good());
+            }
+            Some(Err(e)) => return Err(ctx.dev_fail(e)),
+            None => {}
+        }
+    }
     Ok(Reply::data(read_blocks(ctx, rw.lba, rw.len)?))
 }
 

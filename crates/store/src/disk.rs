@@ -46,6 +46,11 @@ pub trait DiskFile: Send + Sync + Debug {
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()>;
     /// Bytes of storage the file occupies (`st_blocks * 512`).
     fn allocated(&self) -> io::Result<u64>;
+    /// The open file's descriptor, when it is a real file that may be mapped and sent
+    /// from the page cache (large reads, see the `mapped` module).
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
 }
 
 /// A directory of files.
@@ -153,6 +158,9 @@ impl DiskFile for RealFile {
     }
     fn allocated(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.blocks() * 512)
+    }
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        Some(self.0.as_raw_fd())
     }
 }
 

@@ -61,6 +61,7 @@ pub mod file;
 mod full_extents;
 mod journal;
 pub mod layout;
+mod mapped;
 mod store;
 
 pub use disk::{DirDisk, Disk, DiskFile, SimDisk};

@@ -6,8 +6,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::full_extents::FullExtents;
 use crate::journal::{self, JFile};
 use crate::layout::*;
+use crate::mapped::Unmapped;
 use redb::{Database, ReadableTable, TableDefinition};
-use scsi::{BlockDevice, DeviceError, LbaStatus};
+use scsi::{BlockDevice, DeviceError, LbaStatus, MappedRead};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -40,6 +41,52 @@ const STATUS_KNOWN_FULL: u64 = 1 << 22;
 const JOURNAL_HARD: u64 = 4;
 /// Blocks per extent a read handles with buffers on the stack (32 KiB of 512-byte blocks).
 const SMALL_READ: usize = 64;
+/// Reads at least this large are served from the page cache when they can be
+/// (`read_mapped_live`); smaller ones cost less copied than pinned and faulted in.
+const MAPPED_READ_MIN: u64 = 64 * 1024;
+
+/// One extent's part of a mapped read: its first LBA, where its data lies in the file,
+/// the data and the blocks' header entries (crc, flags), through the mapping.
+struct MappedRun<'a> {
+    lba: u64,
+    off: u64,
+    data: &'a [u8],
+    head: &'a [u8],
+}
+
+/// The first block of `runs` whose data does not match its checksum.
+fn first_bad_block(runs: &[MappedRun<'_>], bs: usize) -> Option<u64> {
+    let most = runs.iter().map(|r| r.data.len() / bs).max().unwrap_or(0);
+    let mut crcs = vec![0u32; most];
+    for r in runs {
+        let cnt = r.data.len() / bs;
+        crate::crc::blocks(r.data, bs, &mut crcs[..cnt]);
+        if let Some(i) = (0..cnt).find(|&i| crcs[i] != hdr(r.head, i).0) {
+            return Some(r.lba + i as u64);
+        }
+    }
+    None
+}
+
+/// What a mapped read holds until the transport is done with it: the mapping, and its
+/// slots from reuse.
+struct MappedKeep {
+    mapping: Arc<crate::mapped::Mapping>,
+    _pin: crate::mapped::Pin,
+}
+
+/// One run of a mapped read's blocks, as the bytes of a `Bytes`.
+struct MappedPiece {
+    keep: Arc<MappedKeep>,
+    off: u64,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedPiece {
+    fn as_ref(&self) -> &[u8] {
+        self.keep.mapping.checked(self.off, self.len)
+    }
+}
 type DResult<T> = std::result::Result<T, DeviceError>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -313,6 +360,10 @@ struct Inner {
     /// Bytes in the current journal file (a copy of `JState::off` readable without the lock).
     journal_bytes: AtomicU64,
     ckpt_count: AtomicU64,
+    /// The data file mapped for large reads (none for a simulated disk).
+    mapping: Option<Arc<crate::mapped::Mapping>>,
+    /// Large reads' hold on the slots they point at.
+    pins: Arc<crate::mapped::Pins>,
 }
 
 /// One index change, applied to redb at commit and to memory at publish.
@@ -548,6 +599,10 @@ impl Store {
         let cur = disk.open(&journal::name(cur_gen), true)?.expect("created");
         cur.set_len(0)?;
         let cap_slots = opts.capacity.map(|c| c / ext).unwrap_or(u64::MAX);
+        let mapping = data
+            .raw_fd()
+            .and_then(crate::mapped::Mapping::new)
+            .map(Arc::new);
         let inner = Arc::new(Inner {
             disk: disk.clone(),
             db,
@@ -575,6 +630,8 @@ impl Store {
             rotated: Condvar::new(),
             journal_bytes: AtomicU64::new(0),
             ckpt_count: AtomicU64::new(0),
+            mapping,
+            pins: Arc::default(),
         });
         // Build the volume objects, parents first.
         let mut vols: HashMap<u64, Arc<Volume>> = HashMap::new();
@@ -1429,11 +1486,11 @@ impl Inner {
                 }
             }
         }
-        // Freed slots: nobody can reach them any more; clear and reuse.
-        for &p in &b.freed {
+        // Freed slots: nobody can reach them any more through the map, but a large read
+        // may still be sending from them (`mapped`): clear and reuse them once it is done.
+        self.pins.retire(b.freed);
+        for p in self.pins.reusable() {
             clear_slot(&*self.data, self.slot, p)?;
-        }
-        for p in b.freed {
             a.free.insert(p);
         }
         lock(&self.journal).acct.used = a.used();
@@ -1841,6 +1898,95 @@ impl Volume {
         Ok(())
     }
 
+    /// A large read of the live volume as ranges of the data file (see `mapped`): every
+    /// block checked against its checksum through the mapping, nothing copied. `None` when
+    /// the read is small or not served this way: no mapping, a hole, an unmapped block,
+    /// or a block still in the journal (the next checkpoint moves it).
+    fn read_mapped_live(&self, lba: u64, n: u64) -> Option<DResult<MappedRead>> {
+        let inner = &self.inner;
+        let bs = self.block_size as usize;
+        if n.saturating_mul(bs as u64) < MAPPED_READ_MIN {
+            return None;
+        }
+        let mapping = inner.mapping.clone()?;
+        // Taken before any slot is looked up: a slot retired before this could not be
+        // reached any more, one retired after waits for the pin.
+        let pin = inner.pins.pin();
+        let _io = rlock(&self.io);
+        if let Err(e) = self
+            .check(lba, n, self.num_blocks())
+            .and_then(|()| self.online())
+        {
+            return Some(Err(e));
+        }
+        let st = rlock(&self.map);
+        let mut runs = Vec::with_capacity((n / self.bpe + 2) as usize);
+        let mut b = lba;
+        while b < lba + n {
+            let x = b / self.bpe;
+            let first = (b % self.bpe) as usize;
+            let cnt = ((lba + n - b) as usize).min(self.bpe as usize - first);
+            {
+                let sh = lock(&self.shards[x as usize % SHARDS]);
+                let journaled = sh.get(&x).is_some_and(|ov| {
+                    ov.blocks
+                        .keys()
+                        .any(|&k| (first..first + cnt).contains(&(k as usize)))
+                });
+                if journaled {
+                    return None;
+                }
+            }
+            let base = (self.resolve_in(&st, x, u64::MAX)? - 1) * inner.slot;
+            let head = match mapping.bytes(base + first as u64 * 8, cnt * 8) {
+                Ok(h) => h,
+                Err(Unmapped::NotHere) => return None,
+                Err(Unmapped::Unreadable) => return Some(Err(self.medium(b))),
+            };
+            if (0..cnt).any(|i| hdr(head, i).1 & MAPPED == 0) {
+                return None;
+            }
+            let off = base + HEADER + (first * bs) as u64;
+            let data = match mapping.bytes(off, cnt * bs) {
+                Ok(d) => d,
+                Err(Unmapped::NotHere) => return None,
+                Err(Unmapped::Unreadable) => return Some(Err(self.medium(b))),
+            };
+            runs.push(MappedRun {
+                lba: b,
+                off,
+                data,
+                head,
+            });
+            b += cnt as u64;
+        }
+        if let Some(bad) = first_bad_block(&runs, bs) {
+            return Some(Err(self.medium(bad)));
+        }
+        let keep = Arc::new(MappedKeep {
+            mapping: mapping.clone(),
+            _pin: pin,
+        });
+        let pieces = runs
+            .iter()
+            .map(|r| {
+                bytes::Bytes::from_owner(MappedPiece {
+                    keep: keep.clone(),
+                    off: r.off,
+                    len: r.data.len(),
+                })
+            })
+            .collect();
+        Some(Ok(MappedRead { pieces }))
+    }
+
+    /// Count and report a block that failed its checksum (or could not be read).
+    fn medium(&self, lba: u64) -> DeviceError {
+        self.inner.medium_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(volume = self.id, lba, "checksum mismatch");
+        DeviceError::Medium { lba }
+    }
+
     /// Read blocks as seen at epoch `at` (u64::MAX with the overlay: the live volume).
     fn read_at_epoch(&self, st: &VolState, lba: u64, buf: &mut [u8], at: u64) -> DResult<()> {
         let bs = self.block_size as usize;
@@ -1930,9 +2076,7 @@ impl Volume {
                     None => continue,
                 };
                 if *got != crc {
-                    inner.medium_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(volume = self.id, lba = b + i as u64, "checksum mismatch");
-                    return Err(DeviceError::Medium { lba: b + i as u64 });
+                    return Err(self.medium(b + i as u64));
                 }
             }
             b += cnt as u64;
@@ -2120,6 +2264,9 @@ impl BlockDevice for Volume {
         self.online()?;
         let st = rlock(&self.map);
         self.read_at_epoch(&st, lba, buf, u64::MAX)
+    }
+    fn read_mapped(&self, lba: u64, blocks: u64) -> Option<DResult<MappedRead>> {
+        self.read_mapped_live(lba, blocks)
     }
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> DResult<()> {
         let n = self.nblocks(data.len())?;

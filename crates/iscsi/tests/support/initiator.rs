@@ -222,7 +222,7 @@ impl Pair {
         let bad = || Outcome {
             status: 2,
             sense: Some(iscsi::sense_bytes(0x05, 0x21, 0x00)),
-            data: Bytes::new(),
+            ..Outcome::default()
         };
         match cdb[0] {
             0x28 if range.end <= self.disk.len() => Outcome {

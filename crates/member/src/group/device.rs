@@ -3,7 +3,7 @@
 use super::Group;
 use bytes::Bytes;
 use control::CHUNK_BYTES;
-use scsi::{BlockDevice, DeviceError, LbaStatus};
+use scsi::{BlockDevice, DeviceError, LbaStatus, MappedRead};
 use std::sync::Arc;
 
 /// A volume served through the group: alone, the local store; otherwise each chunk at its
@@ -56,6 +56,13 @@ impl BlockDevice for GroupDevice {
         self.check_range(lba, buf.len())?;
         let g = self.group.clone();
         self.block(g.read(self.volume, self.bytes(lba), buf))
+    }
+    fn read_mapped(&self, lba: u64, blocks: u64) -> Option<Result<MappedRead, DeviceError>> {
+        // In a group the chunk's primary may be another member: those reads are copied.
+        if self.group.is_alone() {
+            return self.local.read_mapped(lba, blocks);
+        }
+        None
     }
     fn write(&self, lba: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         if self.group.is_alone() {
