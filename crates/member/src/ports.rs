@@ -7,7 +7,9 @@
 //! it ("Address already in use", seen in CI when a lab came up or a killed member came
 //! back). Ports below the ephemeral range are never used as source ports.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the kernel's ephemeral range starts (Linux's default when it cannot be read).
@@ -18,10 +20,17 @@ fn ephemeral_start() -> u16 {
         .unwrap_or(32768)
 }
 
-/// A port on 127.0.0.1 that nothing listens on and that outgoing connections never take:
-/// a random one below the ephemeral range, checked by binding it. Falls back to a port
-/// the kernel chooses when the range below is too small or full.
+/// Ports this process has handed out. A lab picks every member's ports before it starts
+/// any, so a port picked twice passes both bind checks and the second member to bind it
+/// fails ("Address already in use", seen once in CI when three members came up at once).
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A port on 127.0.0.1 that nothing listens on, that outgoing connections never take and
+/// that this process has not handed out before: a random one below the ephemeral range,
+/// checked by binding it. Falls back to a port the kernel chooses when the range below
+/// is too small or full.
 pub fn free_local_port() -> std::io::Result<u16> {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let top = ephemeral_start();
     let bottom = 10_000u16;
     if top > bottom + 1000 {
@@ -39,7 +48,8 @@ pub fn free_local_port() -> std::io::Result<u16> {
             x ^= x >> 7;
             x ^= x << 17;
             let port = bottom + (x % span) as u16;
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
                 return Ok(port);
             }
         }
@@ -50,6 +60,15 @@ pub fn free_local_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_never_gets_the_same_port_twice() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..500 {
+            let p = free_local_port().unwrap();
+            assert!(seen.insert(p), "port {p} handed out twice");
+        }
+    }
 
     #[test]
     fn ports_are_free_and_below_the_ephemeral_range() {
