@@ -19,10 +19,21 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn connect(lab: &Lab, target: &str) -> Initiator {
-    let mut i =
-        Initiator::connect(&lab.portal, target, "iqn.2000-01.org.test:store").expect("login");
-    i.settle();
-    i
+    // After a restart the member serves a volume once it has reopened it; until then a
+    // login gets "not found" (0x0203).
+    let t = Instant::now();
+    loop {
+        match Initiator::connect(&lab.portal, target, "iqn.2000-01.org.test:store") {
+            Ok(mut i) => {
+                i.settle();
+                return i;
+            }
+            Err(IoError::Login(0x0203)) if t.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("login: {e:?}"),
+        }
+    }
 }
 
 fn pattern(tag: u32, unit: u64) -> Vec<u8> {
