@@ -1898,8 +1898,8 @@ impl Volume {
         Ok(())
     }
 
-    /// A large read of the live volume as ranges of the data file (see `mapped`): every
-    /// block checked against its checksum through the mapping, nothing copied. `None` when
+    /// A large read of the live volume as pieces of the mapped data file (see `mapped`):
+    /// every block checked against its checksum through the mapping, nothing copied. `None` when
     /// the read is small or not served this way: no mapping, a hole, an unmapped block,
     /// or a block still in the journal (the next checkpoint moves it).
     fn read_mapped_live(&self, lba: u64, n: u64) -> Option<DResult<MappedRead>> {
