@@ -135,9 +135,7 @@ impl Mapping {
         }
         true
     }
-}
 
-impl Mapping {
     /// The file's bytes `[off, off + len)` that [`Mapping::bytes`] has faulted in.
     pub(crate) fn checked(&self, off: u64, len: usize) -> &[u8] {
         assert!(
