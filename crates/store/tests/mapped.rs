@@ -29,6 +29,15 @@ fn contents(m: &MappedRead) -> Vec<u8> {
     m.pieces.concat()
 }
 
+/// The whole written range of volume `id`, which must come back mapped.
+fn whole(s: &Store, id: u64) -> MappedRead {
+    s.volume(id)
+        .unwrap()
+        .read_mapped(0, BLOCKS)
+        .unwrap()
+        .unwrap()
+}
+
 fn written(s: &Store, id: u64, tag: u8) {
     s.create_volume(id, 4 << 20, BS as u32, false).unwrap();
     let v = s.volume(id).unwrap();
@@ -90,12 +99,7 @@ fn a_freed_slot_is_not_reused_while_a_mapped_read_points_at_it() {
     let s = Store::open(t.path(), opts()).unwrap();
     written(&s, 1, 3);
     s.checkpoint().unwrap();
-    let held = s
-        .volume(1)
-        .unwrap()
-        .read_mapped(0, BLOCKS)
-        .unwrap()
-        .unwrap();
+    let held = whole(&s, 1);
     // Volume 1 goes; volume 2 is written and checkpointed while the read is held.
     s.delete_volume(1).unwrap();
     s.checkpoint().unwrap();
@@ -111,12 +115,7 @@ fn a_freed_slot_is_not_reused_while_a_mapped_read_points_at_it() {
     s.checkpoint().unwrap();
     written(&s, 3, 5);
     s.checkpoint().unwrap();
-    let v3 = s
-        .volume(3)
-        .unwrap()
-        .read_mapped(0, BLOCKS)
-        .unwrap()
-        .unwrap();
+    let v3 = whole(&s, 3);
     assert!(contents(&v3) == pattern(5, BLOCKS));
     assert_eq!(
         s.data_allocated().unwrap(),
