@@ -166,6 +166,13 @@ pub struct GroupView {
     pub tracked_copies: usize,
     #[serde(default)]
     pub tracked_chunks: usize,
+    /// Writes this member sent to other members since it started (forwarded to a
+    /// placement group's primary, or a primary's copies for its replicas), and the frames
+    /// that carried them: writes bound for the same member travel together.
+    #[serde(default)]
+    pub peer_writes: u64,
+    #[serde(default)]
+    pub peer_write_frames: u64,
 }
 
 /// A member's load, for login redirection.

@@ -258,8 +258,11 @@ async fn group_view(State(m): State<Arc<Member>>) -> ApiResult<api::GroupView> {
         resync_bytes: m.registry.resync_bytes(),
         tracked_copies: 0,
         tracked_chunks: 0,
+        peer_writes: 0,
+        peer_write_frames: 0,
     };
     (view.tracked_copies, view.tracked_chunks) = m.registry.tracked_resync();
+    (view.peer_writes, view.peer_write_frames) = m.registry.peer_writes();
     for table in state.layout.tables.values() {
         for pg in 0..table.map.pg_count {
             view.placement_groups += 1;

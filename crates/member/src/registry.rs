@@ -426,6 +426,15 @@ impl Registry {
         })
     }
 
+    /// Writes sent to other members, and the frames that carried them.
+    pub fn peer_writes(&self) -> (u64, u64) {
+        self.group.get().map_or((0, 0), |g| {
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            (load(&g.peer_writes), load(&g.peer_write_frames))
+        })
+    }
+
     /// Sessions on other members, by node id, as last polled.
     pub fn peer_loads(&self) -> HashMap<u64, usize> {
         self.group

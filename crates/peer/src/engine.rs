@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(
             actions[1],
             ServerAction::Established(Established {
-                version: 1,
+                version: MAX_VERSION,
                 peer: 1,
                 max_in_flight: 4
             })
@@ -542,7 +542,7 @@ mod tests {
         assert_eq!(
             event,
             ClientEvent::Established(Established {
-                version: 1,
+                version: MAX_VERSION,
                 peer: 2,
                 max_in_flight: 4
             })
@@ -607,7 +607,7 @@ mod tests {
     #[test]
     fn a_server_refuses_more_than_the_limit_and_duplicate_ids() {
         let (_, mut server) = pair();
-        let frame = |id| Frame::new(1, id, 0, read(1));
+        let frame = |id| Frame::new(MAX_VERSION, id, 0, read(1));
         handled(server.on_frame(frame(1), 0).unwrap());
         assert_eq!(
             server.on_frame(frame(1), 0),
@@ -630,7 +630,7 @@ mod tests {
     fn an_unknown_response_id_is_a_protocol_error() {
         let (mut client, _) = pair();
         assert_eq!(
-            client.on_frame(Frame::new(1, 99, 0, Message::Ok)),
+            client.on_frame(Frame::new(MAX_VERSION, 99, 0, Message::Ok)),
             Err(ProtocolError::UnknownResponse { request_id: 99 })
         );
         assert!(matches!(
@@ -765,7 +765,7 @@ mod tests {
     fn requests_before_the_handshake_are_refused() {
         let mut server = ServerEngine::new(Config::new(2, GROUP));
         assert!(matches!(
-            server.on_frame(Frame::new(1, 1, 0, read(1)), 0),
+            server.on_frame(Frame::new(MAX_VERSION, 1, 0, read(1)), 0),
             Err(ProtocolError::Handshake { .. })
         ));
         let mut client = ClientEngine::new(Config::new(1, GROUP));
@@ -787,7 +787,7 @@ mod tests {
             Err(Error::NotARequest { .. })
         ));
         assert!(matches!(
-            server.on_frame(Frame::new(1, 1, 0, Message::Ok), 0),
+            server.on_frame(Frame::new(MAX_VERSION, 1, 0, Message::Ok), 0),
             Err(ProtocolError::UnexpectedKind { .. })
         ));
     }

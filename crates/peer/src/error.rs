@@ -25,6 +25,9 @@ pub enum PayloadError {
     /// "write of … bytes exceeds the data limit"
     #[error("write of {len} bytes exceeds the data limit")]
     DataTooLong { len: usize },
+    /// "a batch of … writes or answers exceeds the limit"
+    #[error("a batch of {count} writes or answers exceeds the limit")]
+    BatchTooLong { count: usize },
     /// "read of … bytes exceeds the data limit"
     #[error("read of {len} bytes exceeds the data limit")]
     ReadTooLong { len: u32 },

@@ -40,6 +40,20 @@
 //!     │◄───────────│ SCSI GOOD                  │                             │
 //! ```
 //!
+//! Writes bound for the same member may travel together (version 2): a `WriteBatch` to a
+//! primary, a `ReplicaWriteBatch` to a replica, answered by `Answers` in the batch's order,
+//! one `Ok` or `Error` per write. Each write of a batch is carried out exactly as it would be
+//! alone, and one that fails is retried alone; a batch is one epoch's. A member sends
+//! batches only to a peer whose handshake settled on version 2 or later.
+//!
+//! ```text
+//!  member A                           member B (primary of pg 3 and pg 9)      replica C
+//!     │ WriteBatch[w1 (pg 3), w2 (pg 9)] ──►│ each: range lock, local journal      │
+//!     │                                     │ ReplicaWriteBatch[w1, w2] ──────────►│
+//!     │                                     │◄──────────────────── Answers[Ok, Ok] │
+//!     │◄──────────────── Answers[Ok, Ok]    │                                      │
+//! ```
+//!
 //! A Flush forwarded to a primary becomes a ReplicaFlush to each of its replicas, answered
 //! once all are durable; a FUA write is durable on every copy before its Ok. A replica that
 //! was away is filled by the primary, which asks it `DirtyQuery{pgs}` first: the answer

@@ -14,6 +14,10 @@ pub const MAX_DATA: usize = 16 << 20;
 /// Longest error text carried by an Error message; longer text is cut at a char boundary.
 pub const MAX_ERROR_TEXT: usize = 4096;
 
+/// Most writes one WriteBatch or ReplicaWriteBatch carries; their data together is at
+/// most [`MAX_DATA`].
+pub const MAX_BATCH: usize = 256;
+
 /// Members, volumes and groups are named by the numbers the control plane gave them.
 pub type MemberId = u64;
 pub type VolumeId = u64;
@@ -137,6 +141,13 @@ pub enum Message {
     Unmap(Region),
     /// The primary's copy of a write to one of its replicas.
     ReplicaWrite(WriteOp),
+    /// Writes forwarded to the primary of their placement groups together: each is
+    /// carried out as its own [`Message::Write`] would be, and answered on its own in
+    /// [`Message::Answers`] (protocol version 2).
+    WriteBatch(Vec<WriteOp>),
+    /// The primary's copies of several writes to one replica, answered one by one in
+    /// [`Message::Answers`] (protocol version 2).
+    ReplicaWriteBatch(Vec<WriteOp>),
     /// The primary's flush of a replica.
     ReplicaFlush(FlushOp),
     /// The primary's copy of an unmap to one of its replicas.
@@ -187,6 +198,8 @@ pub enum Message {
     Miscompare {
         offset: u64,
     },
+    /// The answers to a batch, in its order: done, or why not.
+    Answers(Vec<Result<(), ErrorReply>>),
 }
 
 /// A volume and one of its snapshots (by the ids the control plane gave them).
@@ -268,6 +281,8 @@ pub mod kind {
     pub const FREEZE: u8 = 0x51;
     pub const THAW: u8 = 0x52;
     pub const SNAPSHOT_READ: u8 = 0x16;
+    pub const WRITE_BATCH: u8 = 0x17;
+    pub const REPLICA_WRITE_BATCH: u8 = 0x23;
 
     pub const HELLO_ACK: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -277,6 +292,7 @@ pub mod kind {
     pub const PONG: u8 = 0x86;
     pub const PROVISIONING: u8 = 0x87;
     pub const MISCOMPARE: u8 = 0x88;
+    pub const ANSWERS: u8 = 0x89;
 
     /// Responses have the top bit set.
     pub const RESPONSE_BIT: u8 = 0x80;
@@ -300,6 +316,8 @@ pub mod kind {
                 | FREEZE
                 | THAW
                 | SNAPSHOT_READ
+                | WRITE_BATCH
+                | REPLICA_WRITE_BATCH
                 | HELLO_ACK
                 | OK
                 | DATA
@@ -308,6 +326,7 @@ pub mod kind {
                 | PONG
                 | PROVISIONING
                 | MISCOMPARE
+                | ANSWERS
         )
     }
 }
@@ -346,6 +365,9 @@ impl Message {
             Message::Thaw(_) => kind::THAW,
             Message::SnapshotRead(_) => kind::SNAPSHOT_READ,
             Message::Miscompare { .. } => kind::MISCOMPARE,
+            Message::WriteBatch(_) => kind::WRITE_BATCH,
+            Message::ReplicaWriteBatch(_) => kind::REPLICA_WRITE_BATCH,
+            Message::Answers(_) => kind::ANSWERS,
             Message::HelloAck(_) => kind::HELLO_ACK,
             Message::Ok => kind::OK,
             Message::Data(_) => kind::DATA,
@@ -368,6 +390,8 @@ impl Message {
                 | Message::Flush(_)
                 | Message::Unmap(_)
                 | Message::ReplicaWrite(_)
+                | Message::WriteBatch(_)
+                | Message::ReplicaWriteBatch(_)
                 | Message::ReplicaFlush(_)
                 | Message::ReplicaUnmap(_)
                 | Message::DirtyQuery { .. }
@@ -396,14 +420,18 @@ impl Message {
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::Ok => 0,
             Message::Data(d) => d.len(),
-            Message::Error(e) => {
-                let arg = match e.code {
-                    ErrorCode::StaleEpoch { .. } => 8,
-                    ErrorCode::NotPrimary { .. } => 9,
-                    ErrorCode::VersionMismatch { .. } => 2,
-                    _ => 0,
-                };
-                1 + arg + 2 + e.text.len().min(MAX_ERROR_TEXT)
+            Message::Error(e) => error_len(e),
+            Message::WriteBatch(ops) | Message::ReplicaWriteBatch(ops) => {
+                4 + ops
+                    .iter()
+                    .map(|w| WRITE_FIXED + 4 + w.data.len())
+                    .sum::<usize>()
+            }
+            Message::Answers(answers) => {
+                4 + answers
+                    .iter()
+                    .map(|a| 1 + a.as_ref().err().map_or(0, error_len))
+                    .sum::<usize>()
             }
             Message::DirtyRegions(r) => 4 + REGION_LEN * r.len(),
         }
@@ -425,11 +453,28 @@ impl Message {
                 dst.put_u32(a.max_in_flight);
             }
             Message::Write(w) | Message::ReplicaWrite(w) | Message::CompareAndWrite(w) => {
-                dst.put_u64(w.volume);
-                dst.put_u32(w.pg);
-                dst.put_u64(w.offset);
-                dst.put_u8(if w.fua { WRITE_FUA } else { 0 });
+                put_write_head(dst, w);
                 dst.put_slice(&w.data);
+            }
+            Message::WriteBatch(ops) | Message::ReplicaWriteBatch(ops) => {
+                dst.put_u32(ops.len() as u32);
+                for w in ops {
+                    put_write_head(dst, w);
+                    dst.put_u32(w.data.len() as u32);
+                    dst.put_slice(&w.data);
+                }
+            }
+            Message::Answers(answers) => {
+                dst.put_u32(answers.len() as u32);
+                for a in answers {
+                    match a {
+                        Ok(()) => dst.put_u8(0),
+                        Err(e) => {
+                            dst.put_u8(1);
+                            put_error(dst, e);
+                        }
+                    }
+                }
             }
             Message::Read(r) => {
                 dst.put_u64(r.volume);
@@ -468,31 +513,7 @@ impl Message {
             }
             Message::Ok => {}
             Message::Data(d) => dst.put_slice(d),
-            Message::Error(e) => {
-                match e.code {
-                    ErrorCode::StaleEpoch { current } => {
-                        dst.put_u8(ERR_STALE_EPOCH);
-                        dst.put_u64(current);
-                    }
-                    ErrorCode::NotPrimary { primary } => {
-                        dst.put_u8(ERR_NOT_PRIMARY);
-                        dst.put_u8(primary.is_some() as u8);
-                        dst.put_u64(primary.unwrap_or(0));
-                    }
-                    ErrorCode::NotInSync => dst.put_u8(ERR_NOT_IN_SYNC),
-                    ErrorCode::Io => dst.put_u8(ERR_IO),
-                    ErrorCode::Invalid => dst.put_u8(ERR_INVALID),
-                    ErrorCode::VersionMismatch { min, max } => {
-                        dst.put_u8(ERR_VERSION_MISMATCH);
-                        dst.put_u8(min);
-                        dst.put_u8(max);
-                    }
-                    ErrorCode::WrongGroup => dst.put_u8(ERR_WRONG_GROUP),
-                }
-                let text = ErrorReply::new(e.code.clone(), e.text.clone()).text;
-                dst.put_u16(text.len() as u16);
-                dst.put_slice(text.as_bytes());
-            }
+            Message::Error(e) => put_error(dst, e),
             Message::DirtyRegions(regions) => {
                 dst.put_u32(regions.len() as u32);
                 for r in regions {
@@ -520,6 +541,23 @@ impl Message {
             }),
             kind::WRITE => Message::Write(r.write_op()?),
             kind::REPLICA_WRITE => Message::ReplicaWrite(r.write_op()?),
+            kind::WRITE_BATCH => Message::WriteBatch(r.write_batch()?),
+            kind::REPLICA_WRITE_BATCH => Message::ReplicaWriteBatch(r.write_batch()?),
+            kind::ANSWERS => {
+                let count = r.count(1)?;
+                if count > MAX_BATCH {
+                    return Err(PayloadError::BatchTooLong { count });
+                }
+                let mut answers = Vec::with_capacity(count);
+                for _ in 0..count {
+                    answers.push(match r.u8()? {
+                        0 => Ok(()),
+                        1 => Err(r.error_reply()?),
+                        flags => return Err(PayloadError::UnknownFlags { flags }),
+                    });
+                }
+                Message::Answers(answers)
+            }
             kind::COMPARE_AND_WRITE => {
                 let op = r.write_op()?;
                 if op.data.len() % 2 != 0 {
@@ -617,6 +655,49 @@ impl Message {
     }
 }
 
+fn put_error(dst: &mut BytesMut, e: &ErrorReply) {
+    match e.code {
+        ErrorCode::StaleEpoch { current } => {
+            dst.put_u8(ERR_STALE_EPOCH);
+            dst.put_u64(current);
+        }
+        ErrorCode::NotPrimary { primary } => {
+            dst.put_u8(ERR_NOT_PRIMARY);
+            dst.put_u8(primary.is_some() as u8);
+            dst.put_u64(primary.unwrap_or(0));
+        }
+        ErrorCode::NotInSync => dst.put_u8(ERR_NOT_IN_SYNC),
+        ErrorCode::Io => dst.put_u8(ERR_IO),
+        ErrorCode::Invalid => dst.put_u8(ERR_INVALID),
+        ErrorCode::VersionMismatch { min, max } => {
+            dst.put_u8(ERR_VERSION_MISMATCH);
+            dst.put_u8(min);
+            dst.put_u8(max);
+        }
+        ErrorCode::WrongGroup => dst.put_u8(ERR_WRONG_GROUP),
+    }
+    let text = ErrorReply::new(e.code.clone(), e.text.clone()).text;
+    dst.put_u16(text.len() as u16);
+    dst.put_slice(text.as_bytes());
+}
+
+fn error_len(e: &ErrorReply) -> usize {
+    let arg = match e.code {
+        ErrorCode::StaleEpoch { .. } => 8,
+        ErrorCode::NotPrimary { .. } => 9,
+        ErrorCode::VersionMismatch { .. } => 2,
+        _ => 0,
+    };
+    1 + arg + 2 + e.text.len().min(MAX_ERROR_TEXT)
+}
+
+fn put_write_head(dst: &mut BytesMut, w: &WriteOp) {
+    dst.put_u64(w.volume);
+    dst.put_u32(w.pg);
+    dst.put_u64(w.offset);
+    dst.put_u8(if w.fua { WRITE_FUA } else { 0 });
+}
+
 fn put_region(dst: &mut BytesMut, r: &Region) {
     dst.put_u64(r.volume);
     dst.put_u32(r.pg);
@@ -673,13 +754,7 @@ impl Reader {
         Ok(count)
     }
     fn write_op(&mut self) -> Result<WriteOp, PayloadError> {
-        let volume = self.u64()?;
-        let pg = self.u32()?;
-        let offset = self.u64()?;
-        let flags = self.u8()?;
-        if flags & !WRITE_FUA != 0 {
-            return Err(PayloadError::UnknownFlags { flags });
-        }
+        let (volume, pg, offset, fua) = self.write_head()?;
         let data = self.rest();
         if data.len() > MAX_DATA {
             return Err(PayloadError::DataTooLong { len: data.len() });
@@ -688,9 +763,44 @@ impl Reader {
             volume,
             pg,
             offset,
-            fua: flags & WRITE_FUA != 0,
+            fua,
             data,
         })
+    }
+    fn write_head(&mut self) -> Result<(VolumeId, PgId, u64, bool), PayloadError> {
+        let volume = self.u64()?;
+        let pg = self.u32()?;
+        let offset = self.u64()?;
+        let flags = self.u8()?;
+        if flags & !WRITE_FUA != 0 {
+            return Err(PayloadError::UnknownFlags { flags });
+        }
+        Ok((volume, pg, offset, flags & WRITE_FUA != 0))
+    }
+    /// A count, then each write with its data's length: at most [`MAX_BATCH`] writes and
+    /// [`MAX_DATA`] bytes of data together.
+    fn write_batch(&mut self) -> Result<Vec<WriteOp>, PayloadError> {
+        let count = self.count(WRITE_FIXED + 4)?;
+        if count > MAX_BATCH {
+            return Err(PayloadError::BatchTooLong { count });
+        }
+        let (mut ops, mut total) = (Vec::with_capacity(count), 0usize);
+        for _ in 0..count {
+            let (volume, pg, offset, fua) = self.write_head()?;
+            let len = self.u32()? as usize;
+            total += len;
+            if total > MAX_DATA {
+                return Err(PayloadError::DataTooLong { len: total });
+            }
+            ops.push(WriteOp {
+                volume,
+                pg,
+                offset,
+                fua,
+                data: self.bytes(len)?,
+            });
+        }
+        Ok(ops)
     }
     fn region(&mut self) -> Result<Region, PayloadError> {
         Ok(Region {
@@ -779,7 +889,7 @@ mod tests {
             Message::Write(write.clone()),
             Message::ReplicaWrite(WriteOp {
                 fua: false,
-                ..write
+                ..write.clone()
             }),
             Message::Read(ReadOp {
                 volume: 1,
@@ -836,6 +946,21 @@ mod tests {
                 arg: 17,
             }),
             Message::Miscompare { offset: 33 },
+            Message::WriteBatch(vec![write.clone(), write.clone()]),
+            Message::WriteBatch(vec![]),
+            Message::ReplicaWriteBatch(vec![WriteOp {
+                data: Bytes::new(),
+                ..write.clone()
+            }]),
+            Message::Answers(vec![
+                Ok(()),
+                Err(ErrorReply::new(
+                    ErrorCode::StaleEpoch { current: 9 },
+                    "moved",
+                )),
+                Err(ErrorReply::new(ErrorCode::Io, "")),
+            ]),
+            Message::Answers(vec![]),
             Message::Freeze(SnapshotOp {
                 volume: 3,
                 snapshot: 4,
@@ -919,5 +1044,35 @@ mod tests {
             Message::decode_payload(kind::READ, r.freeze()),
             Err(PayloadError::ReadTooLong { .. })
         ));
+    }
+
+    /// A batch may not claim more writes, or more data, than the limits, whatever its
+    /// length fields say.
+    #[test]
+    fn a_batch_over_the_limits_is_refused() {
+        let write = |len| WriteOp {
+            volume: 1,
+            pg: 0,
+            offset: 0,
+            fua: false,
+            data: Bytes::from(vec![0u8; len]),
+        };
+        let too_many = Message::WriteBatch(vec![write(0); MAX_BATCH + 1]);
+        let too_much =
+            Message::ReplicaWriteBatch(vec![write(MAX_DATA / 2 + 1), write(MAX_DATA / 2)]);
+        let many_answers = Message::Answers(vec![Ok(()); MAX_BATCH + 1]);
+        for m in [too_many, too_much, many_answers] {
+            let mut buf = BytesMut::new();
+            m.encode_payload(&mut buf);
+            assert!(Message::decode_payload(m.kind(), buf.freeze()).is_err());
+        }
+        // A length past the payload's end is truncation, not a panic.
+        let mut buf = BytesMut::new();
+        Message::WriteBatch(vec![write(8)]).encode_payload(&mut buf);
+        buf.truncate(buf.len() - 1);
+        assert_eq!(
+            Message::decode_payload(kind::WRITE_BATCH, buf.freeze()),
+            Err(PayloadError::Truncated)
+        );
     }
 }

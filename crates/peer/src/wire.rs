@@ -22,9 +22,10 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"HVPR");
 pub const HEADER_LEN: usize = 36;
 /// Protocol versions this build speaks.
 pub const MIN_VERSION: u8 = 1;
-pub const MAX_VERSION: u8 = 1;
-/// The largest payload accepted by default: the data limit plus room for the fixed fields.
-pub const MAX_PAYLOAD: usize = MAX_DATA + 4096;
+pub const MAX_VERSION: u8 = 2;
+/// The largest payload accepted by default: the data limit plus room for the fixed fields
+/// (of a whole batch of writes).
+pub const MAX_PAYLOAD: usize = MAX_DATA + 64 * 1024;
 
 /// One message with its envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,8 +337,10 @@ mod tests {
     fn header_fields_are_checked() {
         let d = Decoder::default();
         assert_eq!(
-            d.decode(&mut header(2, kind::OK, 0, 0)),
-            Err(WireError::UnsupportedVersion { version: 2 })
+            d.decode(&mut header(MAX_VERSION + 1, kind::OK, 0, 0)),
+            Err(WireError::UnsupportedVersion {
+                version: MAX_VERSION + 1
+            })
         );
         assert_eq!(
             d.decode(&mut header(1, kind::OK, 4, 0)),

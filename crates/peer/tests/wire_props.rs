@@ -126,6 +126,16 @@ fn message() -> impl Strategy<Value = Message> {
                 arg
             })),
         any::<u64>().prop_map(|offset| Message::Miscompare { offset }),
+        proptest::collection::vec(write_op(), 0..4).prop_map(Message::WriteBatch),
+        proptest::collection::vec(write_op(), 0..4).prop_map(Message::ReplicaWriteBatch),
+        proptest::collection::vec(
+            prop_oneof![
+                Just(Ok(())),
+                (error_code(), ".{0,20}").prop_map(|(code, text)| Err(ErrorReply::new(code, text))),
+            ],
+            0..6
+        )
+        .prop_map(Message::Answers),
         (any::<u64>(), any::<u64>())
             .prop_map(|(volume, snapshot)| Message::Freeze(SnapshotOp { volume, snapshot })),
         (any::<u64>(), any::<u64>())

@@ -82,6 +82,10 @@ pub async fn run(cmd: MemberCommand, api: &Option<String>) -> anyhow::Result<()>
                 "tracked changes:  {} chunks for {} copies away",
                 g.tracked_chunks, g.tracked_copies
             );
+            println!(
+                "writes to peers:  {} in {} frames",
+                g.peer_writes, g.peer_write_frames
+            );
             Ok(())
         }
         MemberCommand::Remove {

@@ -28,6 +28,7 @@ mod digest;
 mod dirty;
 mod liveness;
 mod lu_events;
+mod outbox;
 mod reservations;
 mod server;
 mod snapshots;
@@ -86,7 +87,12 @@ impl Fail {
 
     /// The Error message a peer handler answers with.
     pub(crate) fn to_message(&self) -> Message {
-        let reply = match self {
+        Message::Error(self.to_reply())
+    }
+
+    /// How a peer hears of this failure.
+    pub(crate) fn to_reply(&self) -> peer::ErrorReply {
+        match self {
             Fail::Stale { current } => peer::ErrorReply::new(
                 ErrorCode::StaleEpoch { current: *current },
                 "the layout changed",
@@ -99,8 +105,7 @@ impl Fail {
                 peer::ErrorReply::new(ErrorCode::NotPrimary { primary: None }, why)
             }
             Fail::Device(e) => peer::ErrorReply::new(ErrorCode::Io, e.to_string()),
-        };
-        Message::Error(reply)
+        }
     }
 }
 
@@ -120,6 +125,8 @@ pub struct Group {
     striping: Striping,
     engine: peer::Config,
     peers: Mutex<HashMap<u64, PeerClient>>,
+    /// Writes waiting to travel to each member together.
+    outboxes: outbox::Outboxes,
     locks: Vec<tokio::sync::RwLock<()>>,
     /// The replica side's own chunk locks (replica writes shared, discards exclusive):
     /// apart from `locks`, so a primary waiting on a replica while holding a chunk lock
@@ -138,6 +145,10 @@ pub struct Group {
     missed: Mutex<HashMap<(u32, u64), u64>>,
     /// Bytes copied to other members by backfills since start.
     pub resync_bytes: AtomicU64,
+    /// Writes sent to other members (forwarded to a primary, or a primary's copies) since
+    /// start, and the frames that carried them ([`outbox`]).
+    pub peer_writes: AtomicU64,
+    pub peer_write_frames: AtomicU64,
     /// Sessions on each other member, polled for login redirection.
     pub loads: Mutex<HashMap<u64, usize>>,
     /// Bytes in use in each other member's pool, polled with the loads.
@@ -191,6 +202,7 @@ impl Group {
             striping: Striping::new(CHUNK_BYTES, PG_COUNT).expect("constant striping is valid"),
             engine: peer::Config::new(node, 0),
             peers: Mutex::new(HashMap::new()),
+            outboxes: outbox::Outboxes::default(),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
@@ -204,6 +216,8 @@ impl Group {
                 .collect(),
             missed: Mutex::new(HashMap::new()),
             resync_bytes: AtomicU64::new(0),
+            peer_writes: AtomicU64::new(0),
+            peer_write_frames: AtomicU64::new(0),
             loads: Mutex::new(HashMap::new()),
             fills: Mutex::new(HashMap::new()),
             held: Mutex::new(None),
@@ -508,7 +522,8 @@ impl Group {
                     if primary == g.node {
                         g.primary_write(op, seen).await
                     } else {
-                        g.call(primary, seen, Message::Write(op)).await.map(|_| ())
+                        g.send_write(primary, outbox::Route::Primary, seen, op)
+                            .await
                     }
                 }
             })
@@ -761,22 +776,12 @@ impl Group {
         if fault_injected() {
             others.clear();
         }
-        let mut results = Vec::with_capacity(others.len());
-        if let [(node, must)] = others[..] {
-            // One other copy (two replicas): no task to spawn for it.
-            results.push((node, must, self.call(node, epoch, message).await));
-        } else {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (node, must) in others {
-                let (g, m) = (self.clone(), message.clone());
-                tasks.spawn(async move { (node, must, g.call(node, epoch, m).await) });
-            }
-            while let Some(r) = tasks.join_next().await {
-                if let Ok(r) = r {
-                    results.push(r);
-                }
-            }
-        }
+        // Every copy at once, on this task.
+        let calls = others.into_iter().map(|(node, must)| {
+            let message = message.clone();
+            async move { (node, must, self.to_copy(node, epoch, message).await) }
+        });
+        let results = futures_util::future::join_all(calls).await;
         let mut failed = None;
         for (node, must, result) in results {
             if let Err(f) = result {
@@ -797,6 +802,23 @@ impl Group {
         match failed {
             Some(f) => Err(f),
             None => Ok(None),
+        }
+    }
+
+    /// Send a primary's change to one of the other copies: writes travel with the other
+    /// writes bound for that member ([`outbox`]).
+    async fn to_copy(
+        self: &Arc<Self>,
+        node: u64,
+        epoch: u64,
+        message: Message,
+    ) -> Result<(), Fail> {
+        match message {
+            Message::ReplicaWrite(op) => {
+                self.send_write(node, outbox::Route::Replica, epoch, op)
+                    .await
+            }
+            message => self.call(node, epoch, message).await.map(|_| ()),
         }
     }
 

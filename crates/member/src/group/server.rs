@@ -15,24 +15,15 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         Message::Flush(f) | Message::ReplicaFlush(f) => {
             group.local_flush(f.volume).await.map(|()| Message::Ok)
         }
-        // Shared chunk lock: a discard of a released copy (exclusive) never interleaves.
-        Message::ReplicaWrite(op) => {
-            let _chunk = group.replica_lock_of(op.volume, op.offset).read().await;
-            match group
-                .check_not_frozen(op.volume)
-                .and_then(|()| copy_of(&group, op.volume, op.pg))
-            {
-                Ok((vol, replicas)) => {
-                    let len = op.data.len() as u64;
-                    group
-                        .dirty
-                        .record(replicas, op.pg, op.volume, op.offset, len, epoch);
-                    store_write(vol, op.offset, op.data, op.fua)
-                        .await
-                        .map(|()| Message::Ok)
-                }
-                Err(f) => Err(f),
-            }
+        Message::ReplicaWrite(op) => replica_write(&group, op, epoch).await.map(|()| Message::Ok),
+        // Each write of a batch as if it came alone, all at once on this task.
+        Message::WriteBatch(ops) => {
+            let writes = ops.into_iter().map(|op| group.primary_write(op, epoch));
+            Ok(answers(futures_util::future::join_all(writes).await))
+        }
+        Message::ReplicaWriteBatch(ops) => {
+            let writes = ops.into_iter().map(|op| replica_write(&group, op, epoch));
+            Ok(answers(futures_util::future::join_all(writes).await))
         }
         Message::ReplicaUnmap(r) => {
             let _chunk = group.replica_lock_of(r.volume, r.offset).read().await;
@@ -98,6 +89,28 @@ pub async fn handle(group: Arc<Group>, req: Request) -> Message {
         ))),
     };
     result.unwrap_or_else(|f| f.to_message())
+}
+
+/// A primary's copy of a write: into this member's copy, under the chunk's lock shared
+/// (a discard of a released copy takes it exclusively, so the two never interleave).
+async fn replica_write(group: &Arc<Group>, op: peer::WriteOp, epoch: u64) -> Result<(), Fail> {
+    let _chunk = group.replica_lock_of(op.volume, op.offset).read().await;
+    group.check_not_frozen(op.volume)?;
+    let (vol, replicas) = copy_of(group, op.volume, op.pg)?;
+    let len = op.data.len() as u64;
+    group
+        .dirty
+        .record(replicas, op.pg, op.volume, op.offset, len, epoch);
+    store_write(vol, op.offset, op.data, op.fua).await
+}
+
+fn answers(results: Vec<Result<(), Fail>>) -> Message {
+    Message::Answers(
+        results
+            .into_iter()
+            .map(|r| r.map_err(|f| f.to_reply()))
+            .collect(),
+    )
 }
 
 /// The local volume and its replica class when this member holds (or is being given) a
