@@ -200,7 +200,10 @@ impl Group {
             epoch: Arc::new(AtomicU64::new(epoch)),
             epoch_tx: watch::Sender::new(epoch),
             striping: Striping::new(CHUNK_BYTES, PG_COUNT).expect("constant striping is valid"),
-            engine: peer::Config::new(node, 0),
+            engine: peer::Config {
+                max_version: peer_max_version(),
+                ..peer::Config::new(node, 0)
+            },
             peers: Mutex::new(HashMap::new()),
             outboxes: outbox::Outboxes::default(),
             locks: (0..LOCK_STRIPES)
@@ -997,6 +1000,17 @@ fn write_local(v: &store::Volume, offset: u64, data: &[u8], fua: bool) -> Result
 /// threads and back cost more than the append (futex wake-ups, context switches).
 fn inline_ok(v: &store::Volume) -> bool {
     v.write_cache_enabled() && !v.congested()
+}
+
+/// `HAVEN_PEER_MAX_VERSION=1` makes a member speak the peer protocol of a member from
+/// before write batches, to test a group of mixed versions (a rolling upgrade). Out of
+/// range values are ignored.
+fn peer_max_version() -> u8 {
+    std::env::var("HAVEN_PEER_MAX_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| (peer::MIN_VERSION..=peer::MAX_VERSION).contains(v))
+        .unwrap_or(peer::MAX_VERSION)
 }
 
 /// Write to the local copy: inline when [`inline_ok`], else on the I/O threads.
