@@ -90,15 +90,19 @@ impl Group {
         if leads {
             // A task of its own sends, so no caller's cancellation can strand the queue.
             let g = self.clone();
+            let mut turn = Turn {
+                outbox,
+                given_back: false,
+            };
             tokio::spawn(async move {
                 // Let the writes made in the same turn of the scheduler queue up first
                 // (the other commands of one read from the initiator's socket, the other
                 // writes of one batch at a primary).
                 tokio::task::yield_now().await;
                 loop {
-                    let batch = outbox.take();
+                    let batch = turn.outbox.take();
                     g.send_batch(node, route, batch).await;
-                    if outbox.is_idle_or_take_turn() {
+                    if turn.ends() {
                         break;
                     }
                 }
@@ -207,6 +211,30 @@ impl Outbox {
     }
 }
 
+/// A sender's place among an outbox's batches on the wire, given back when the sender
+/// stops however it stops: a sender cancelled mid-batch (the runtime shutting down) must not
+/// keep the place, or with every place kept no write to that member would leave again.
+struct Turn {
+    outbox: Arc<Outbox>,
+    given_back: bool,
+}
+
+impl Turn {
+    /// After a batch was answered: true, and the place given back, when nothing waits.
+    fn ends(&mut self) -> bool {
+        self.given_back = self.outbox.is_idle_or_take_turn();
+        self.given_back
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.given_back {
+            self.outbox.0.lock().unwrap().in_flight -= 1;
+        }
+    }
+}
+
 impl Fail {
     /// The same failure again, for each write of a batch that failed as a whole.
     pub(super) fn duplicate(&self) -> Fail {
@@ -273,6 +301,27 @@ mod tests {
         assert_eq!(offsets(&outbox.take()), [0]);
         assert_eq!(offsets(&outbox.take()), [1, 2]);
         assert_eq!(offsets(&outbox.take()), [3]);
+    }
+
+    #[test]
+    fn a_sender_that_stops_mid_batch_gives_its_place_back() {
+        let (outbox, _answers) = queue(&[(1, 4096), (1, 4096)]);
+        let outbox = Arc::new(outbox);
+        outbox.0.lock().unwrap().in_flight = 2;
+        let mut finished = Turn {
+            outbox: outbox.clone(),
+            given_back: false,
+        };
+        outbox.take();
+        assert!(finished.ends());
+        drop(finished);
+        assert_eq!(outbox.0.lock().unwrap().in_flight, 1, "given back once");
+        let cancelled = Turn {
+            outbox: outbox.clone(),
+            given_back: false,
+        };
+        drop(cancelled);
+        assert_eq!(outbox.0.lock().unwrap().in_flight, 0);
     }
 
     #[test]
