@@ -43,7 +43,7 @@
 //! Writes bound for the same member may travel together (version 2): a `WriteBatch` to a
 //! primary, a `ReplicaWriteBatch` to a replica, answered by `Answers` in the batch's order,
 //! one `Ok` or `Error` per write. Each write of a batch is carried out exactly as it would be
-//! alone, and one that fails is retried alone; a batch is one epoch's. A member sends
+//! alone, and one that fails is retried on its own; a batch is one epoch's. A member sends
 //! batches only to a peer whose handshake settled on version 2 or later.
 //!
 //! ```text

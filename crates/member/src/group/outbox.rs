@@ -13,8 +13,8 @@
 //! At most [`IN_FLIGHT`] batches per outbox are on the wire; writes queued meanwhile
 //! wait for the next, so batches grow with the load (as a journal's group commit does) and
 //! a lone write at queue depth 1 still leaves at once. Each write of a batch is carried
-//! out and answered on its own: one that fails is retried alone by its caller, exactly as
-//! a write sent by itself would be. A batch travels under one map epoch; writes made
+//! out and answered on its own: one that fails is retried by its caller (in whatever
+//! batch it then joins), exactly as a write sent by itself would be. A batch travels under one map epoch; writes made
 //! under another wait for a batch of their own.
 
 use super::{Fail, Group};
