@@ -14,8 +14,8 @@
 //! wait for the next, so batches grow with the load (as a journal's group commit does) and
 //! a lone write at queue depth 1 still leaves at once. Each write of a batch is carried
 //! out and answered on its own: one that fails is retried by its caller (in whatever
-//! batch it then joins), exactly as a write sent by itself would be. A batch travels under one map epoch; writes made
-//! under another wait for a batch of their own.
+//! batch it then joins), exactly as a write sent by itself would be. A batch travels
+//! under one map epoch; writes made under another wait for a batch of their own.
 
 use super::{Fail, Group};
 use peer::{Message, WriteOp};
@@ -126,12 +126,13 @@ impl Group {
             Route::Primary => Message::Write(op),
             Route::Replica => Message::ReplicaWrite(op),
         };
-        let batches = self.speaks_batches(node).await;
+        // A single write needs no batch, nor the look at the connection's version.
+        let batches = ops.len() > 1 && self.speaks_batches(node).await;
         let frames = if batches { 1 } else { ops.len() as u64 };
         self.peer_writes
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
         self.peer_write_frames.fetch_add(frames, Ordering::Relaxed);
-        if ops.len() == 1 || !batches {
+        if !batches {
             // One write, or a peer that predates batches: each travels by itself.
             let calls = ops.into_iter().map(|op| self.call(node, epoch, single(op)));
             let results = futures_util::future::join_all(calls).await;
