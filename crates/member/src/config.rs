@@ -48,6 +48,7 @@ struct Raw {
     peer: Option<String>,
     down_out_secs: Option<u64>,
     io_deadline_secs: Option<u64>,
+    busy_poll_us: Option<u64>,
 }
 
 /// A member's settings, with defaults filled in.
@@ -72,7 +73,14 @@ pub struct MemberConfig {
     /// How long an I/O is retried while its data has no reachable primary (a member
     /// failing over, or this member cut off) before the initiator gets an error.
     pub io_deadline: std::time::Duration,
+    /// How long a session's connection looks for the initiator's next command before it
+    /// sleeps (`busy_poll_us`; 0 turns it off): lower latency at low queue depth for the
+    /// CPU of the looks.
+    pub busy_poll: std::time::Duration,
 }
+
+/// The longest `busy_poll_us` accepted: 10 ms.
+const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The default I/O deadline: the usual SCSI command timeout of an initiator.
 pub const DEFAULT_IO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -97,6 +105,7 @@ impl MemberConfig {
             peer: "127.0.0.1:0".into(),
             down_out: DEFAULT_DOWN_OUT,
             io_deadline: DEFAULT_IO_DEADLINE,
+            busy_poll: crate::portal::DEFAULT_BUSY_POLL,
         }
     }
 
@@ -155,7 +164,20 @@ impl MemberConfig {
             io_deadline: raw
                 .io_deadline_secs
                 .map_or(DEFAULT_IO_DEADLINE, std::time::Duration::from_secs),
+            busy_poll: raw.busy_poll_us.map_or(
+                crate::portal::DEFAULT_BUSY_POLL,
+                std::time::Duration::from_micros,
+            ),
         };
+        if cfg.busy_poll > MAX_BUSY_POLL {
+            return Err(ConfigError::Value {
+                key: "busy_poll_us",
+                message: format!(
+                    "must be at most {}: a longer look costs CPU and gains nothing",
+                    MAX_BUSY_POLL.as_micros()
+                ),
+            });
+        }
         if cfg.io_deadline < std::time::Duration::from_secs(5) {
             return Err(ConfigError::Value {
                 key: "io_deadline_secs",
@@ -197,6 +219,10 @@ mod tests {
         assert!(MemberConfig::parse("data_dir = \"/x\"\nbogus = 1\n", p).is_err());
         assert!(MemberConfig::parse("data_dir = \"/x\"\ncapacity = \"12XB\"\n", p).is_err());
         assert_eq!(c.down_out, DEFAULT_DOWN_OUT);
+        assert_eq!(c.busy_poll, crate::portal::DEFAULT_BUSY_POLL);
+        let off = MemberConfig::parse("data_dir = \"/x\"\nbusy_poll_us = 0\n", p).unwrap();
+        assert!(off.busy_poll.is_zero());
+        assert!(MemberConfig::parse("data_dir = \"/x\"\nbusy_poll_us = 20000\n", p).is_err());
         let c = MemberConfig::parse("data_dir = \"/x\"\ndown_out_secs = 7\n", p).unwrap();
         assert_eq!(c.down_out.as_secs(), 7);
         assert!(MemberConfig::parse("data_dir = \"/x\"\nio_deadline_secs = 1\n", p).is_err());

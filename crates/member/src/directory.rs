@@ -29,6 +29,9 @@ pub struct PortalDirectory {
     /// per member portal for now) are one logical unit's for initiators of the group
     /// portal; volumes, not sessions, are what is balanced.
     pub affinity: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// How long a connection looks for the initiator's next PDU before it sleeps
+    /// (`portal::poll`); zero: never.
+    pub busy_poll: std::time::Duration,
 }
 
 fn allowed(v: &Volume, initiator: &str) -> bool {

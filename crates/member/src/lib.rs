@@ -268,6 +268,7 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
         state: control.subscribe(),
         tpgt,
         affinity: Default::default(),
+        busy_poll: config.busy_poll,
     });
     tokio::spawn(portal::serve(portal_listener, member_dir));
 
@@ -347,6 +348,8 @@ async fn group_portal(address: String, control: ControlPlane, registry: Arc<Regi
                         state: control.subscribe(),
                         tpgt: 1,
                         affinity: Default::default(),
+                        // It only redirects logins: no session's commands to wait for.
+                        busy_poll: std::time::Duration::ZERO,
                     });
                     serving = Some(tokio::spawn(portal::serve(l, dir)));
                 }

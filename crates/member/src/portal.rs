@@ -13,6 +13,9 @@
 //! that does not read its responses cannot make the member buffer without bound.
 
 mod exec;
+mod poll;
+
+pub use poll::DEFAULT_WINDOW as DEFAULT_BUSY_POLL;
 
 use crate::directory::PortalDirectory;
 use crate::registry::{SessionKey, VolumeHandle};
@@ -141,9 +144,18 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     // Set when this function returns, however: commands still running stop retrying.
     let gone = ConnectionGone::default();
 
+    // Commands the last batch read from the initiator carried.
+    let mut last_commands = 0usize;
     'conn: loop {
         send_some(&stream, &mut out)?;
         actions.clear();
+        if out.is_empty() && matches!(phase, Phase::Full { .. }) && last_commands <= 1 {
+            // One command at a time: the next often comes within microseconds, so look
+            // for it before sleeping (`poll`), unless a finished command is waiting to be
+            // answered. Several at a time, the initiator is busy making more, and looking
+            // would take the core it needs (4 KiB writes at QD32: about 4 % fewer).
+            poll::next_input(&stream, dir.busy_poll, || !done_rx.is_empty()).await;
+        }
         tokio::select! {
             r = stream.readable(), if out.len() < OUT_HIGH => {
                 r?;
@@ -299,6 +311,13 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
         else {
             continue;
         };
+        let commands = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Execute(_)))
+            .count();
+        if commands > 0 {
+            last_commands = commands;
+        }
         let mut i = 0;
         while i < actions.len() {
             let a = std::mem::replace(&mut actions[i], Action::Close);
