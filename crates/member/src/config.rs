@@ -74,8 +74,8 @@ pub struct MemberConfig {
     /// failing over, or this member cut off) before the initiator gets an error.
     pub io_deadline: std::time::Duration,
     /// How long a session's connection looks for the initiator's next command before it
-    /// sleeps (`busy_poll_us`; 0 turns it off): lower latency at low queue depth for the
-    /// CPU of the looks.
+    /// sleeps (`busy_poll_us`; 0, the default, never): lower latency at low queue depth
+    /// for the CPU of the looks, on a member whose cores its initiators do not share.
     pub busy_poll: std::time::Duration,
 }
 
@@ -220,8 +220,9 @@ mod tests {
         assert!(MemberConfig::parse("data_dir = \"/x\"\ncapacity = \"12XB\"\n", p).is_err());
         assert_eq!(c.down_out, DEFAULT_DOWN_OUT);
         assert_eq!(c.busy_poll, crate::portal::DEFAULT_BUSY_POLL);
-        let off = MemberConfig::parse("data_dir = \"/x\"\nbusy_poll_us = 0\n", p).unwrap();
-        assert!(off.busy_poll.is_zero());
+        assert!(c.busy_poll.is_zero(), "looking is off unless asked for");
+        let on = MemberConfig::parse("data_dir = \"/x\"\nbusy_poll_us = 50\n", p).unwrap();
+        assert_eq!(on.busy_poll, std::time::Duration::from_micros(50));
         assert!(MemberConfig::parse("data_dir = \"/x\"\nbusy_poll_us = 20000\n", p).is_err());
         let c = MemberConfig::parse("data_dir = \"/x\"\ndown_out_secs = 7\n", p).unwrap();
         assert_eq!(c.down_out.as_secs(), 7);
