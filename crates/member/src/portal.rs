@@ -144,12 +144,15 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
     // Set when this function returns, however: commands still running stop retrying.
     let gone = ConnectionGone::default();
 
+    // Whether this portal looks for the next command at all (`poll`); off, nothing
+    // below counts commands for it.
+    let polls = !dir.busy_poll.is_zero();
     // Commands the last batch read from the initiator carried.
     let mut last_commands = 0usize;
     'conn: loop {
         send_some(&stream, &mut out)?;
         actions.clear();
-        if out.is_empty() && matches!(phase, Phase::Full { .. }) && last_commands <= 1 {
+        if polls && out.is_empty() && matches!(phase, Phase::Full { .. }) && last_commands <= 1 {
             // One command at a time: the next often comes within microseconds, so look
             // for it before sleeping (`poll`), unless a finished command is waiting to be
             // answered. Several at a time, the initiator is busy making more, and looking
@@ -311,12 +314,14 @@ async fn connection(stream: TcpStream, dir: Arc<PortalDirectory>) -> std::io::Re
         else {
             continue;
         };
-        let commands = actions
-            .iter()
-            .filter(|a| matches!(a, Action::Execute(_)))
-            .count();
-        if commands > 0 {
-            last_commands = commands;
+        if polls {
+            let commands = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Execute(_)))
+                .count();
+            if commands > 0 {
+                last_commands = commands;
+            }
         }
         let mut i = 0;
         while i < actions.len() {
