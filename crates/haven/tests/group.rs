@@ -254,6 +254,23 @@ fn verify_range(portal: &str, round: u64, first: u64, count: u64) {
     );
 }
 
+/// Each member's capacity and the number of copies the placement gives it.
+fn weights(lab: &Lab) -> Vec<(String, u64, u64)> {
+    let list: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["member", "list", "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["capacity"].as_u64().unwrap(),
+                m["copies"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Bytes every running member copied to others while filling copies.
 fn resync_total(lab: &Lab) -> u64 {
     let mut bytes = 0;
@@ -315,6 +332,7 @@ fn member_loss_keeps_a_standard_initiator_writing() {
     ]);
     let count = 96;
     write_old(&lab);
+    let placement = weights(&lab);
     thread::sleep(RECENT_WINDOW + Duration::from_secs(2));
 
     // Round 1: the member holding the writer's session dies.
@@ -370,6 +388,8 @@ fn member_loss_keeps_a_standard_initiator_writing() {
     );
     let healthy = replication();
     assert_eq!(healthy["degraded"], 0, "{healthy}");
+    // A restart is no reason to move data: the member offers the capacity it joined with.
+    assert_eq!(weights(&lab), placement, "the placement moved");
     for (_, portal) in members(&lab) {
         verify(&portal, 1, count);
         verify_range(&portal, 0, OLD_FIRST, OLD_COUNT);

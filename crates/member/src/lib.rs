@@ -88,6 +88,26 @@ fn free_space(path: &std::path::Path) -> u64 {
     s.f_bavail as u64 * s.f_frsize as u64
 }
 
+/// The capacity this member offers the pool: the config's when set; else, for the same
+/// store coming back, what the group recorded when it first joined; else the free space
+/// now. Free space moves with every write to the file system, and the group weighs its
+/// placement by capacity: re-measuring it at each restart would move placement groups (and
+/// their data) whenever a member restarts.
+fn offered_capacity(
+    configured: Option<u64>,
+    recorded: Option<&control::Member>,
+    copy_id: &str,
+    free_now: impl FnOnce() -> u64,
+) -> u64 {
+    configured
+        .or_else(|| {
+            recorded
+                .filter(|r| r.copy_id == copy_id && r.capacity > 0)
+                .map(|r| r.capacity)
+        })
+        .unwrap_or_else(free_now)
+}
+
 /// Written in the data dir of a member the group removed: it does not start again.
 pub const REMOVED_MARKER: &str = "removed";
 
@@ -216,9 +236,12 @@ pub async fn run(config: MemberConfig) -> Result<(), MemberError> {
     });
 
     // Register (or re-register, with today's addresses) in the group.
-    let capacity = config
-        .capacity
-        .unwrap_or_else(|| free_space(&config.data_dir));
+    let capacity = offered_capacity(
+        config.capacity,
+        control.state().members.get(&config.name),
+        &copy_id,
+        || free_space(&config.data_dir),
+    );
     let record = control::Member {
         name: config.name.clone(),
         node_id: config.node_id,
@@ -364,5 +387,41 @@ async fn group_portal(address: String, control: ControlPlane, registry: Arc<Regi
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offered_capacity;
+
+    fn recorded(capacity: u64, copy_id: &str) -> control::Member {
+        control::Member {
+            name: "m".into(),
+            node_id: 1,
+            api_addr: String::new(),
+            portal: String::new(),
+            capacity,
+            peer: String::new(),
+            down: true,
+            out: false,
+            removing: false,
+            copy_id: copy_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_restarted_store_keeps_the_capacity_it_joined_with() {
+        let was = recorded(100, "store-a");
+        // The free space changed meanwhile: the record wins.
+        assert_eq!(offered_capacity(None, Some(&was), "store-a", || 90), 100);
+        // A wiped store is a new copy: measured again.
+        assert_eq!(offered_capacity(None, Some(&was), "store-b", || 90), 90);
+        // First start.
+        assert_eq!(offered_capacity(None, None, "store-a", || 90), 90);
+        // The operator's setting always wins.
+        assert_eq!(offered_capacity(Some(50), Some(&was), "store-a", || 90), 50);
+        // A record of nothing is no record.
+        let empty = recorded(0, "store-a");
+        assert_eq!(offered_capacity(None, Some(&empty), "store-a", || 90), 90);
     }
 }
