@@ -27,14 +27,12 @@ const LOAD_EVERY: Duration = Duration::from_secs(1);
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(group: Arc<Group>) {
-    let started = Instant::now();
+    let mut judge = Judge::new(Instant::now(), group.timing.down_out);
     let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let proposing: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut last_load_poll = Instant::now();
     let mut last_scan = Instant::now();
     let mut nonce = 0u64;
-    // When this member (as leader) first saw each member down.
-    let mut down_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(PING_EVERY).await;
         let state = group.state();
@@ -64,39 +62,11 @@ pub async fn run(group: Arc<Group>) {
         }
 
         if group.control.is_leader() {
-            // Every member pings every other, so a new leader has the history already;
-            // only a member that just started judges nobody before watching DOWN_AFTER.
-            let watching = started;
             let last: HashMap<u64, Instant> = group.last_ok.lock().unwrap().clone();
+            let now = Instant::now();
             for m in state.members.values() {
-                // The leader judges others' liveness, and finishes its own removal too.
-                if m.node_id == group.node && !m.removing {
-                    continue;
-                }
                 let heard = last.get(&m.node_id).copied();
-                let silent = heard.map_or(watching, |t| t.max(watching)).elapsed();
-                if !m.down {
-                    down_since.remove(&m.name);
-                }
-                let since = *down_since
-                    .entry(m.name.clone())
-                    .or_insert_with(Instant::now);
-                let back = heard.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-                let name = m.name.clone();
-                let cmd = if m.removing && !state.holds_copies(m.node_id) {
-                    Command::ForgetMember { name }
-                } else if m.node_id == group.node {
-                    continue;
-                } else if !m.down && silent > DOWN_AFTER {
-                    Command::MemberDown { name }
-                } else if m.down && back {
-                    Command::MemberUp {
-                        name,
-                        restarted: false,
-                    }
-                } else if m.down && !m.out && since.elapsed() > group.timing.down_out {
-                    Command::MemberOut { name }
-                } else {
+                let Some(cmd) = judge.verdict(m, group.node, &state, heard, now) else {
                     continue;
                 };
                 if !proposing.lock().unwrap().insert(m.name.clone()) {
@@ -126,6 +96,76 @@ pub async fn run(group: Arc<Group>) {
         if last_scan.elapsed() > SCAN_EVERY {
             last_scan = Instant::now();
             super::backfill::scan(&group);
+        }
+    }
+}
+
+/// The leader's judgement of each member's liveness from the pings' history: no I/O, so
+/// the rules are tested on their own.
+struct Judge {
+    /// When this member started: it judges nobody silent before watching for DOWN_AFTER.
+    /// Every member pings every other, so a new leader has the history already.
+    started: Instant,
+    down_out: Duration,
+    /// When this member (as leader) first saw each member down.
+    down_since: HashMap<String, Instant>,
+    /// When this member last saw each member down: one that came back (its own `MemberUp`
+    /// after a restart) is judged silent only by the pings sent since, not by the silence
+    /// of the process that died.
+    last_seen_down: HashMap<String, Instant>,
+}
+
+impl Judge {
+    fn new(started: Instant, down_out: Duration) -> Self {
+        Judge {
+            started,
+            down_out,
+            down_since: HashMap::new(),
+            last_seen_down: HashMap::new(),
+        }
+    }
+
+    /// The command `m`'s state calls for, if any, at `now`; `heard`: its last answered ping.
+    fn verdict(
+        &mut self,
+        m: &control::Member,
+        me: u64,
+        state: &control::ClusterState,
+        heard: Option<Instant>,
+        now: Instant,
+    ) -> Option<Command> {
+        // The leader judges others' liveness, and finishes its own removal too.
+        if m.node_id == me && !m.removing {
+            return None;
+        }
+        if m.down {
+            self.last_seen_down.insert(m.name.clone(), now);
+        } else {
+            self.down_since.remove(&m.name);
+        }
+        let since = *self.down_since.entry(m.name.clone()).or_insert(now);
+        let watching = self
+            .last_seen_down
+            .get(&m.name)
+            .map_or(self.started, |t| (*t).max(self.started));
+        let silent = now.saturating_duration_since(heard.map_or(watching, |t| t.max(watching)));
+        let back = heard.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        let name = m.name.clone();
+        if m.removing && !state.holds_copies(m.node_id) {
+            Some(Command::ForgetMember { name })
+        } else if m.node_id == me {
+            None
+        } else if !m.down && silent > DOWN_AFTER {
+            Some(Command::MemberDown { name })
+        } else if m.down && back {
+            Some(Command::MemberUp {
+                name,
+                restarted: false,
+            })
+        } else if m.down && !m.out && now.saturating_duration_since(since) > self.down_out {
+            Some(Command::MemberOut { name })
+        } else {
+            None
         }
     }
 }
@@ -166,5 +206,107 @@ fn poll_loads(group: &Arc<Group>, state: &control::ClusterState) {
                 g.fills.lock().unwrap().insert(node, l.in_use);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(down: bool) -> control::Member {
+        control::Member {
+            name: "m2".into(),
+            node_id: 2,
+            api_addr: String::new(),
+            portal: String::new(),
+            capacity: 1 << 30,
+            peer: "127.0.0.1:1".into(),
+            down,
+            out: false,
+            removing: false,
+            copy_id: "store-2".into(),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_silent_member_goes_down_and_comes_back_up_when_it_answers() {
+        let t0 = Instant::now();
+        let state = control::ClusterState::default();
+        let mut judge = Judge::new(t0, Duration::from_secs(300));
+        let heard = Some(t0 + ms(1000));
+        assert!(judge
+            .verdict(&member(false), 1, &state, heard, t0 + ms(2000))
+            .is_none());
+        assert!(matches!(
+            judge.verdict(&member(false), 1, &state, heard, t0 + ms(3600)),
+            Some(Command::MemberDown { .. })
+        ));
+        let answered = Some(t0 + ms(9000));
+        assert!(matches!(
+            judge.verdict(&member(true), 1, &state, answered, t0 + ms(9200)),
+            Some(Command::MemberUp {
+                restarted: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_member_that_restarted_is_judged_by_the_pings_since_it_came_back() {
+        let t0 = Instant::now();
+        let state = control::ClusterState::default();
+        let mut judge = Judge::new(t0, Duration::from_secs(300));
+        // Last answer 10 s ago, from the process that died.
+        let old = Some(t0 + ms(1000));
+        let down_at = t0 + ms(11_000);
+        assert!(judge
+            .verdict(&member(true), 1, &state, old, down_at)
+            .is_none());
+        // It restarted and recorded its own `MemberUp`; its peer listener is not up yet.
+        assert!(
+            judge
+                .verdict(&member(false), 1, &state, old, down_at + ms(250))
+                .is_none(),
+            "marked down again by the silence of the process that died"
+        );
+        // Still silent after DOWN_AFTER since it came back: down.
+        assert!(matches!(
+            judge.verdict(&member(false), 1, &state, old, down_at + ms(2800)),
+            Some(Command::MemberDown { .. })
+        ));
+    }
+
+    #[test]
+    fn a_member_down_past_the_wait_goes_out() {
+        let t0 = Instant::now();
+        let state = control::ClusterState::default();
+        let mut judge = Judge::new(t0, Duration::from_secs(5));
+        assert!(judge.verdict(&member(true), 1, &state, None, t0).is_none());
+        assert!(judge
+            .verdict(&member(true), 1, &state, None, t0 + ms(4000))
+            .is_none());
+        assert!(matches!(
+            judge.verdict(&member(true), 1, &state, None, t0 + ms(5100)),
+            Some(Command::MemberOut { .. })
+        ));
+    }
+
+    #[test]
+    fn the_leader_judges_only_its_own_removal() {
+        let t0 = Instant::now();
+        let state = control::ClusterState::default();
+        let mut judge = Judge::new(t0, Duration::from_secs(5));
+        let mut me = member(false);
+        me.node_id = 1;
+        assert!(judge.verdict(&me, 1, &state, None, t0 + ms(9000)).is_none());
+        me.removing = true;
+        assert!(matches!(
+            judge.verdict(&me, 1, &state, None, t0 + ms(9000)),
+            Some(Command::ForgetMember { .. })
+        ));
     }
 }
