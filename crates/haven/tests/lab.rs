@@ -71,3 +71,21 @@ fn lab_serves_a_volume_to_standard_initiators_and_survives_restarts() {
         serde_json::from_str(&lab.ok(&["volume", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+/// Members of one lab share the machine's cores rather than each run a scheduler thread
+/// per core: on two cores, three members with two threads each spent their time waking
+/// one another.
+#[test]
+fn members_of_one_lab_share_the_cores() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lab = Lab::up_group(2);
+    let workers = lab.member_workers();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for (pid, n) in workers {
+        assert_eq!(
+            n,
+            Some((cores / 2).max(1)),
+            "member {pid}'s scheduler threads"
+        );
+    }
+}

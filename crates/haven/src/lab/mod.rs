@@ -190,8 +190,18 @@ fn start_member(lab: &LabState, m: &LabMember) -> anyhow::Result<()> {
     }
     std::fs::write(dir.join("member.toml"), member_config(lab, m))
         .context("writing the member's config")?;
-    process::spawn_member(&dir)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    process::spawn_member(&dir, workers_each(cores, lab.active_members().count()))?;
     Ok(())
+}
+
+/// The scheduler threads each member of a lab gets: its share of the machine's cores.
+/// Members that each ran a thread per core would outnumber the cores, and every hand-off
+/// between a member's threads (a write that arrives on one and wakes another) would
+/// become a context switch the other members pay for. `None`: the runtime's default, a
+/// thread per core (a lab of one member).
+fn workers_each(cores: usize, members: usize) -> Option<usize> {
+    (members > 1).then(|| (cores / members).max(1))
 }
 
 async fn wait_ready(lab: &LabState, m: &LabMember, limit: Duration) -> anyhow::Result<()> {
@@ -538,4 +548,19 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             .collect(),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workers_each;
+
+    #[test]
+    fn members_share_the_cores() {
+        // One member keeps the runtime's default, a thread per core.
+        assert_eq!(workers_each(2, 1), None);
+        assert_eq!(workers_each(2, 2), Some(1));
+        // More members than cores: each still gets one.
+        assert_eq!(workers_each(2, 3), Some(1));
+        assert_eq!(workers_each(16, 3), Some(5));
+    }
 }

@@ -32,9 +32,15 @@ pub fn running(dir: &Path) -> Option<i32> {
     cmdline.contains(&marker).then_some(pid)
 }
 
-/// Start `haven member run --config DIR/member.toml`, logging to `DIR/member.log`.
-pub fn spawn_member(dir: &Path) -> anyhow::Result<i32> {
+/// Start `haven member run --config DIR/member.toml`, logging to `DIR/member.log`, with
+/// `workers` scheduler threads (tokio's `TOKIO_WORKER_THREADS`) unless the operator set
+/// that variable for the lab.
+pub fn spawn_member(dir: &Path, workers: Option<usize>) -> anyhow::Result<i32> {
     let config = dir.join("member.toml");
+    let workers = workers
+        .filter(|_| std::env::var_os(WORKERS_VAR).is_none())
+        .map(|n| n.to_string());
+    let env: Vec<(&str, &str)> = workers.iter().map(|n| (WORKERS_VAR, n.as_str())).collect();
     spawn(
         dir,
         "member.log",
@@ -44,8 +50,12 @@ pub fn spawn_member(dir: &Path) -> anyhow::Result<i32> {
             "--config".as_ref(),
             config.as_os_str(),
         ],
+        &env,
     )
 }
+
+/// tokio's own variable for the scheduler threads of a runtime it builds.
+const WORKERS_VAR: &str = "TOKIO_WORKER_THREADS";
 
 /// Start `haven --api URLS host run --name NAME --data DIR/data --listen API`, logging to
 /// `DIR/host.log`.
@@ -67,6 +77,7 @@ pub fn spawn_host(dir: &Path, name: &str, api: &str, group: &[String]) -> anyhow
             "--listen".as_ref(),
             api.as_ref(),
         ],
+        &[],
     )
 }
 
@@ -100,7 +111,12 @@ pub fn kill_guests(dir: &Path) -> usize {
     killed
 }
 
-fn spawn(dir: &Path, log_name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<i32> {
+fn spawn(
+    dir: &Path,
+    log_name: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("finding the haven binary")?;
     let log_path = dir.join(log_name);
     let log = std::fs::OpenOptions::new()
@@ -110,6 +126,7 @@ fn spawn(dir: &Path, log_name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Resul
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -184,6 +184,22 @@ impl Lab {
         format!("iscsi://{}/iqn.2026-11.org.haven:{volume}/0", self.portal)
     }
 
+    /// Each running member's `TOKIO_WORKER_THREADS` (its runtime's scheduler threads),
+    /// by pid; `None` where it runs the default, a thread per core.
+    pub fn member_workers(&self) -> Vec<(i32, Option<usize>)> {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let workers = env
+                    .split(|&b| b == 0)
+                    .filter_map(|v| v.strip_prefix(b"TOKIO_WORKER_THREADS="))
+                    .find_map(|n| std::str::from_utf8(n).ok()?.parse().ok());
+                Some((pid, workers))
+            })
+            .collect()
+    }
+
     fn pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
