@@ -7,7 +7,8 @@
 //! portal = "0.0.0.0:3260"    # this member's iSCSI portal; default 127.0.0.1:3260
 //! api = "127.0.0.1:7070"     # REST API (and Raft) address; default 127.0.0.1:7070
 //! group_portal = "127.0.0.2:3260"  # served by whichever member leads; optional
-//! capacity = "100GiB"        # what this member offers the pool; default: free space
+//! capacity = "100GiB"        # what this member offers the pool; default: the free space
+//!                            # when its store first joined (a restart keeps it)
 //! bootstrap = true           # start a new single-member group if none exists; default true
 //! join = "127.0.0.1:7070"    # a member's API to join the group through (with bootstrap = false)
 //! peer = "127.0.0.1:7170"    # member-to-member data path; default: the API's host, any port
