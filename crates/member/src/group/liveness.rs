@@ -61,35 +61,16 @@ pub async fn run(group: Arc<Group>) {
             poll_loads(&group, &state);
         }
 
-        if group.control.is_leader() {
-            let last: HashMap<u64, Instant> = group.last_ok.lock().unwrap().clone();
-            let now = Instant::now();
-            for m in state.members.values() {
-                let heard = last.get(&m.node_id).copied();
-                let Some(cmd) = judge.verdict(m, group.node, &state, heard, now) else {
-                    continue;
-                };
-                if !proposing.lock().unwrap().insert(m.name.clone()) {
-                    continue;
-                }
-                let (ctl, name, busy) = (group.control.clone(), m.name.clone(), proposing.clone());
-                let node = m.node_id;
-                tokio::spawn(async move {
-                    tracing::warn!(member = %name, ?cmd, "member state changed");
-                    let forget = matches!(cmd, Command::ForgetMember { .. });
-                    match ctl.write(cmd).await {
-                        Ok(control::Outcome::Ok) if forget => {
-                            if let Err(e) = leave_control_plane(&ctl, node).await {
-                                tracing::warn!(member = %name, error = %e, "cannot take the removed member out of the control plane");
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(member = %name, error = %e, "cannot record the member's state")
-                        }
-                    }
-                    busy.lock().unwrap().remove(&name);
-                });
+        // Every member judges, so that one that becomes leader knows since when each
+        // member was down; only the leader acts on its verdicts.
+        let leader = group.control.is_leader();
+        let last: HashMap<u64, Instant> = group.last_ok.lock().unwrap().clone();
+        let now = Instant::now();
+        for m in state.members.values() {
+            let heard = last.get(&m.node_id).copied();
+            let verdict = judge.verdict(m, group.node, &state, heard, now);
+            if let (true, Some(cmd)) = (leader, verdict) {
+                propose(&group, &proposing, m, cmd);
             }
         }
 
@@ -100,14 +81,46 @@ pub async fn run(group: Arc<Group>) {
     }
 }
 
-/// The leader's judgement of each member's liveness from the pings' history: no I/O, so
-/// the rules are tested on their own.
+/// Record `cmd` about `m` in the control plane, unless a command about it is still on
+/// its way.
+fn propose(
+    group: &Arc<Group>,
+    proposing: &Arc<Mutex<HashSet<String>>>,
+    m: &control::Member,
+    cmd: Command,
+) {
+    if !proposing.lock().unwrap().insert(m.name.clone()) {
+        return;
+    }
+    let (ctl, name, busy) = (group.control.clone(), m.name.clone(), proposing.clone());
+    let node = m.node_id;
+    tokio::spawn(async move {
+        tracing::warn!(member = %name, ?cmd, "member state changed");
+        let forget = matches!(cmd, Command::ForgetMember { .. });
+        match ctl.write(cmd).await {
+            Ok(control::Outcome::Ok) if forget => {
+                if let Err(e) = leave_control_plane(&ctl, node).await {
+                    tracing::warn!(member = %name, error = %e, "cannot take the removed member out of the control plane");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(member = %name, error = %e, "cannot record the member's state")
+            }
+        }
+        busy.lock().unwrap().remove(&name);
+    });
+}
+
+/// Each member's judgement of the others' liveness from the pings' history: no I/O, so
+/// the rules are tested on their own. Every member keeps one; the leader's verdicts are
+/// proposed.
 struct Judge {
     /// When this member started: it judges nobody silent before watching for DOWN_AFTER.
     /// Every member pings every other, so a new leader has the history already.
     started: Instant,
     down_out: Duration,
-    /// When this member (as leader) first saw each member down.
+    /// When this member first saw each member down.
     down_since: HashMap<String, Instant>,
     /// When this member last saw each member down: one that came back (its own `MemberUp`
     /// after a restart) is judged silent only by the pings sent since, not by the silence
