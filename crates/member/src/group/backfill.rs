@@ -321,13 +321,23 @@ pub async fn discard(g: Arc<Group>, released: Vec<(u8, u32)>) {
                 let Ok(local) = g.local(v.id) else {
                     continue 'volume;
                 };
+                // Only what is mapped counts (and needs unmapping): at a member's start
+                // every group it does not hold is swept, most of it holes.
                 let done = super::blocking(move || {
                     let bs = u64::from(local.block_size());
-                    local.unmap(start / bs, (end - start) / bs)
+                    let mapped: u64 = runs(&local, start / bs, end / bs)?
+                        .iter()
+                        .filter(|r| r.2)
+                        .map(|r| r.1 * bs)
+                        .sum();
+                    if mapped > 0 {
+                        local.unmap(start / bs, (end - start) / bs)?;
+                    }
+                    Ok(mapped)
                 })
                 .await;
-                if done.is_ok() {
-                    freed += end - start;
+                if let Ok(mapped) = done {
+                    freed += mapped;
                 }
             }
         }
