@@ -151,12 +151,14 @@ impl Judge {
         if m.node_id == me && !m.removing {
             return None;
         }
-        if m.down {
+        // Only members seen down have entries: one that is up has been down since now.
+        let since = if m.down {
             self.last_seen_down.insert(m.name.clone(), now);
+            *self.down_since.entry(m.name.clone()).or_insert(now)
         } else {
             self.down_since.remove(&m.name);
-        }
-        let since = *self.down_since.entry(m.name.clone()).or_insert(now);
+            now
+        };
         let watching = self
             .last_seen_down
             .get(&m.name)
