@@ -69,6 +69,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(consumed - HEADER_LEN <= decoder.max_payload);
                 let again = frame.to_bytes().expect("a decoded frame re-encodes");
                 assert_eq!(&again[..], original, "decoding is canonical");
+                let pieces = frame.encode_parts().expect("a decoded frame re-encodes");
+                assert_eq!(&pieces.to_bytes()[..], original, "the vectored encoding agrees");
 
                 let epoch = frame.epoch;
                 if let Ok(actions) = server.on_frame(frame.clone(), epoch % 3) {

@@ -75,4 +75,4 @@ pub use message::{
     ReadOp, Region, SnapshotOp, SnapshotRead, VolumeId, WriteOp, MAX_DATA,
 };
 pub use transport::{serve, serve_connection, ClientConfig, PeerClient, ServerConfig};
-pub use wire::{Decoder, Frame, HEADER_LEN, MAX_PAYLOAD, MAX_VERSION, MIN_VERSION};
+pub use wire::{Decoder, Encoded, Frame, HEADER_LEN, MAX_PAYLOAD, MAX_VERSION, MIN_VERSION};

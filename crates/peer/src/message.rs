@@ -437,8 +437,9 @@ impl Message {
         }
     }
 
-    /// Append the payload to `dst`.
-    pub fn encode_payload(&self, dst: &mut BytesMut) {
+    /// Append the payload to `dst`: every field copied, the data of writes and reads as
+    /// the sink takes it ([`PayloadSink::put_data`]).
+    pub fn encode_payload(&self, dst: &mut impl PayloadSink) {
         match self {
             Message::Hello(h) => {
                 dst.put_u8(h.min_version);
@@ -454,14 +455,14 @@ impl Message {
             }
             Message::Write(w) | Message::ReplicaWrite(w) | Message::CompareAndWrite(w) => {
                 put_write_head(dst, w);
-                dst.put_slice(&w.data);
+                dst.put_data(&w.data);
             }
             Message::WriteBatch(ops) | Message::ReplicaWriteBatch(ops) => {
                 dst.put_u32(ops.len() as u32);
                 for w in ops {
                     put_write_head(dst, w);
                     dst.put_u32(w.data.len() as u32);
-                    dst.put_slice(&w.data);
+                    dst.put_data(&w.data);
                 }
             }
             Message::Answers(answers) => {
@@ -512,7 +513,7 @@ impl Message {
                 dst.put_u32(r.len);
             }
             Message::Ok => {}
-            Message::Data(d) => dst.put_slice(d),
+            Message::Data(d) => dst.put_data(d),
             Message::Error(e) => put_error(dst, e),
             Message::DirtyRegions(regions) => {
                 dst.put_u32(regions.len() as u32);
@@ -655,7 +656,7 @@ impl Message {
     }
 }
 
-fn put_error(dst: &mut BytesMut, e: &ErrorReply) {
+fn put_error(dst: &mut impl BufMut, e: &ErrorReply) {
     match e.code {
         ErrorCode::StaleEpoch { current } => {
             dst.put_u8(ERR_STALE_EPOCH);
@@ -691,18 +692,31 @@ fn error_len(e: &ErrorReply) -> usize {
     1 + arg + 2 + e.text.len().min(MAX_ERROR_TEXT)
 }
 
-fn put_write_head(dst: &mut BytesMut, w: &WriteOp) {
+fn put_write_head(dst: &mut impl BufMut, w: &WriteOp) {
     dst.put_u64(w.volume);
     dst.put_u32(w.pg);
     dst.put_u64(w.offset);
     dst.put_u8(if w.fua { WRITE_FUA } else { 0 });
 }
 
-fn put_region(dst: &mut BytesMut, r: &Region) {
+fn put_region(dst: &mut impl BufMut, r: &Region) {
     dst.put_u64(r.volume);
     dst.put_u32(r.pg);
     dst.put_u64(r.offset);
     dst.put_u64(r.len);
+}
+
+/// Where a payload is encoded. Its fixed fields go in through [`BufMut`]; the bytes of
+/// writes and reads through [`put_data`](Self::put_data), which a sink may keep by
+/// reference instead of copying (the wire's vectored frames do).
+pub trait PayloadSink: BufMut {
+    fn put_data(&mut self, data: &Bytes);
+}
+
+impl PayloadSink for BytesMut {
+    fn put_data(&mut self, data: &Bytes) {
+        self.put_slice(data);
+    }
 }
 
 /// A cursor over a payload that reports truncation instead of panicking.
@@ -856,6 +870,13 @@ mod tests {
         assert_eq!(buf.len(), m.payload_len(), "{m:?}");
         let back = Message::decode_payload(m.kind(), buf.freeze()).unwrap();
         assert_eq!(back, m);
+        // The vectored encoding is the same bytes.
+        let frame = crate::Frame::new(2, 5, 6, m);
+        let mut whole = BytesMut::new();
+        frame.encode(&mut whole).unwrap();
+        let parts = frame.encode_parts().unwrap();
+        assert_eq!(parts.len(), whole.len());
+        assert_eq!(parts.to_bytes(), whole.freeze(), "{:?}", frame.message);
     }
 
     #[test]

@@ -13,15 +13,16 @@ use crate::engine::{
 };
 use crate::error::{Error, ProtocolError, WireError};
 use crate::message::{ErrorCode, ErrorReply, Message};
-use crate::wire::{Decoder, Frame, MAX_PAYLOAD};
-use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use crate::wire::{Decoder, Encoded, Frame, MAX_PAYLOAD};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -30,6 +31,10 @@ use tokio::task::JoinHandle;
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames the writer task coalesces into one flush.
 const WRITE_BATCH: usize = 64;
+/// Bytes the writer task gathers before it writes without waiting for the rest of a batch.
+const WRITE_EARLY: usize = 256 * 1024;
+/// Pieces per `writev`.
+const IOV: usize = 128;
 /// Answers a server queues for its writer before it stops reading the connection.
 const SERVER_QUEUE: usize = 1024;
 
@@ -82,7 +87,7 @@ struct Inner {
     shared: Shared,
     /// Encoded frames to the writer task; dropping it (with the last client) closes the
     /// connection.
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: mpsc::UnboundedSender<Encoded>,
     slots: Arc<Semaphore>,
     established: Established,
     request_timeout: Duration,
@@ -228,8 +233,8 @@ impl PeerClient {
             request_id: frame.request_id,
             answered: false,
         };
-        let bytes = frame.to_bytes()?;
-        if inner.writer.send(bytes).is_err() {
+        let encoded = frame.encode_parts()?;
+        if inner.writer.send(encoded).is_err() {
             return Err(self.disconnected());
         }
         let result = answer.await;
@@ -267,41 +272,49 @@ impl Drop for Pending<'_> {
 /// practice by the in-flight slots) or the server's bounded one (so that a peer that sends
 /// faster than it reads answers stops being read).
 trait FrameQueue: Send + 'static {
-    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
-    fn try_recv(&mut self) -> Option<Bytes>;
+    fn recv(&mut self) -> impl Future<Output = Option<Encoded>> + Send;
+    fn try_recv(&mut self) -> Option<Encoded>;
 }
 
-impl FrameQueue for mpsc::UnboundedReceiver<Bytes> {
-    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+impl FrameQueue for mpsc::UnboundedReceiver<Encoded> {
+    fn recv(&mut self) -> impl Future<Output = Option<Encoded>> + Send {
         mpsc::UnboundedReceiver::recv(self)
     }
-    fn try_recv(&mut self) -> Option<Bytes> {
+    fn try_recv(&mut self) -> Option<Encoded> {
         mpsc::UnboundedReceiver::try_recv(self).ok()
     }
 }
 
-impl FrameQueue for mpsc::Receiver<Bytes> {
-    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+impl FrameQueue for mpsc::Receiver<Encoded> {
+    fn recv(&mut self) -> impl Future<Output = Option<Encoded>> + Send {
         mpsc::Receiver::recv(self)
     }
-    fn try_recv(&mut self) -> Option<Bytes> {
+    fn try_recv(&mut self) -> Option<Encoded> {
         mpsc::Receiver::try_recv(self).ok()
     }
 }
 
-async fn write_frames(write: OwnedWriteHalf, mut frames: impl FrameQueue) {
-    let mut write = BufWriter::with_capacity(READ_CHUNK, write);
+async fn write_frames(mut write: OwnedWriteHalf, mut frames: impl FrameQueue) {
+    // The frames' pieces waiting for a `writev`: a write's data goes from the buffer it
+    // arrived in to the socket without a copy of ours.
+    let mut pending = VecDeque::new();
+    let mut pending_bytes = 0;
     while let Some(first) = frames.recv().await {
         let mut next = Some(first);
         let mut written = 0;
         let mut drained = false;
         loop {
-            while let Some(bytes) = next.take() {
-                if let Err(e) = write.write_all(&bytes).await {
-                    tracing::debug!(error = %e, "peer connection: write failed");
-                    return;
-                }
+            while let Some(frame) = next.take() {
+                pending_bytes += frame.len();
+                pending.extend(frame.into_parts().into_iter().filter(|p| !p.is_empty()));
                 written += 1;
+                if pending_bytes >= WRITE_EARLY {
+                    if let Err(e) = write_out(&mut write, &mut pending).await {
+                        tracing::debug!(error = %e, "peer connection: write failed");
+                        return;
+                    }
+                    pending_bytes = 0;
+                }
                 if written < WRITE_BATCH {
                     next = frames.try_recv();
                 }
@@ -318,12 +331,45 @@ async fn write_frames(write: OwnedWriteHalf, mut frames: impl FrameQueue) {
             next = frames.try_recv();
             drained = next.is_none();
         }
-        if let Err(e) = write.flush().await {
-            tracing::debug!(error = %e, "peer connection: flush failed");
+        if let Err(e) = write_out(&mut write, &mut pending).await {
+            tracing::debug!(error = %e, "peer connection: write failed");
             return;
         }
+        pending_bytes = 0;
     }
     let _ = write.shutdown().await;
+}
+
+/// Write every piece of `pending`, as few `writev`s as the socket allows.
+async fn write_out(
+    write: &mut OwnedWriteHalf,
+    pending: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !pending.is_empty() {
+        let mut slices = [IoSlice::new(&[]); IOV];
+        let count = pending
+            .iter()
+            .zip(slices.iter_mut())
+            .map(|(piece, slice)| *slice = IoSlice::new(piece))
+            .count();
+        let mut sent = write.write_vectored(&slices[..count]).await?;
+        if sent == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while sent > 0 {
+            let Some(front) = pending.front_mut() else {
+                break;
+            };
+            if front.len() <= sent {
+                sent -= front.len();
+                pending.pop_front();
+            } else {
+                front.advance(sent);
+                sent = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn read_responses(
@@ -487,7 +533,7 @@ where
     let send = |frame: Frame| {
         let out = out.clone();
         async move {
-            out.send(frame.to_bytes()?)
+            out.send(frame.encode_parts()?)
                 .await
                 .map_err(|_| Error::Disconnected("writer gone".into()))
         }
