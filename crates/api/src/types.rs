@@ -102,6 +102,19 @@ pub struct VolumeView {
     /// The state of the volume's copies across the group's members.
     #[serde(default)]
     pub replication: Option<ReplicationView>,
+    /// A clone in a group while its snapshot is copied into it: the copy so far
+    /// (`copied` of `size` bytes). It is served once whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copying: Option<CopyView>,
+}
+
+/// How far a clone's copy from its snapshot is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyView {
+    /// `VOLUME@SNAPSHOT` ids of the source.
+    pub from: String,
+    /// Bytes from the start copied (and flushed on every copy).
+    pub copied: u64,
 }
 
 /// The placement groups a volume's chunks use (those of its replica class), as the
@@ -139,6 +152,10 @@ impl VolumeView {
             snapshot_reserve_pct: v.snapshot_reserve_pct,
             reserve_policy: v.reserve_policy,
             replication: None,
+            copying: v.copy_from.map(|c| CopyView {
+                from: format!("{}@{}", c.volume_id, c.snapshot_id),
+                copied: c.done,
+            }),
         }
     }
 }

@@ -756,6 +756,76 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_in_a_group_is_a_copy_that_keeps_its_source_until_whole() {
+        let mut s = group();
+        let snapshot = |name: &str, in_group| Command::CreateSnapshot {
+            volume: "v".into(),
+            name: name.into(),
+            created: 0,
+            in_group,
+        };
+        let clone = |from: &str, name: &str| Command::CloneVolume {
+            volume: "v".into(),
+            snapshot: from.into(),
+            name: name.into(),
+            created: 0,
+        };
+        assert!(matches!(s.apply(snapshot("s", true)), Outcome::Snapshot(_)));
+        let pending = s.apply(clone("s", "c"));
+        assert_eq!(
+            refused(pending),
+            Some(RefusalKind::Busy),
+            "a snapshot nobody holds yet"
+        );
+        s.apply(Command::CompleteSnapshot {
+            volume: "v".into(),
+            name: "s".into(),
+            holders: vec![vec![1, 2]; super::PG_COUNT as usize],
+        });
+        let Outcome::Volume(c) = s.apply(clone("s", "c")) else {
+            panic!("the clone was refused");
+        };
+        let source = c.copy_from.expect("a clone in a group is copied");
+        assert_eq!((source.volume_id, source.done), (s.volumes["v"].id, 0));
+        assert_eq!(c.parent, None, "it shares nothing with its origin");
+        assert_eq!(
+            c.placement_key(),
+            c.id,
+            "it is placed as a volume of its own"
+        );
+
+        let delete_snapshot = Command::DeleteSnapshot {
+            volume: "v".into(),
+            name: "s".into(),
+        };
+        let delete_volume = Command::DeleteVolume { name: "v".into() };
+        assert_eq!(
+            refused(s.apply(delete_snapshot.clone())),
+            Some(RefusalKind::Invalid)
+        );
+        assert_eq!(
+            refused(s.apply(delete_volume.clone())),
+            Some(RefusalKind::Invalid)
+        );
+
+        let copied = |done| Command::CloneCopied {
+            name: "c".into(),
+            done,
+        };
+        s.apply(copied(64 << 20));
+        s.apply(copied(32 << 20));
+        assert_eq!(
+            s.volumes["c"].copy_from.map(|c| c.done),
+            Some(64 << 20),
+            "progress never goes back"
+        );
+        s.apply(copied(c.size));
+        assert_eq!(s.volumes["c"].copy_from, None, "whole");
+        assert_eq!(s.apply(delete_snapshot), Outcome::Ok);
+        assert_eq!(s.apply(delete_volume), Outcome::Ok);
+    }
+
+    #[test]
     fn a_volume_wider_than_the_group_is_refused() {
         let mut s = ClusterState::default();
         s.apply(Command::RegisterMember(member(1, "a")));

@@ -101,6 +101,19 @@ pub struct Volume {
     /// The logical unit's persistent reservations, one state for every member's ports.
     #[serde(default)]
     pub reservations: Reservations,
+    /// A clone in a group of several members is a copy of its snapshot, made by the
+    /// leader; until it is whole the volume is not served.
+    #[serde(default)]
+    pub copy_from: Option<CopySource>,
+}
+
+/// The snapshot a clone is being copied from, and how far the copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySource {
+    pub volume_id: u64,
+    pub snapshot_id: u64,
+    /// Bytes from the start copied and flushed on every copy: a new leader goes on from here.
+    pub done: u64,
 }
 
 /// How many of a volume's latest reservation changes the state keeps, so a member that
@@ -304,6 +317,12 @@ pub enum Command {
         name: String,
         created: u64,
     },
+    /// The copy of a clone in a group reached `done` bytes (flushed); at the volume's size
+    /// the clone is whole and served.
+    CloneCopied {
+        name: String,
+        done: u64,
+    },
     /// The group lost contact with a member.
     MemberDown {
         name: String,
@@ -383,6 +402,13 @@ pub(crate) fn refuse(kind: RefusalKind, message: impl Into<String>) -> Outcome {
     }
 }
 
+/// Why a clone whose copy is not whole refuses a change.
+fn copying(name: &str) -> String {
+    format!(
+        "volume {name} is a clone still being copied from its snapshot; try again once it is whole"
+    )
+}
+
 /// Names of volumes, snapshots and members: what an IQN suffix allows.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -401,15 +427,14 @@ impl ClusterState {
             Command::CreateSnapshot {
                 in_group: false,
                 ..
-            } | Command::CloneVolume { .. }
-                | Command::RestoreVolume { .. }
+            } | Command::RestoreVolume { .. }
         ) && self.members.len() > 1
         {
-            // A snapshot in a group is taken by its members in one cut (`in_group`); clones
-            // and restores of such snapshots are not built yet.
+            // A snapshot in a group is taken by its members in one cut (`in_group`);
+            // restores of such snapshots are not built yet.
             return refuse(
                 RefusalKind::Invalid,
-                "clones and restores are not yet supported in a group of several members",
+                "restores are not yet supported in a group of several members",
             );
         }
         match cmd {
@@ -514,6 +539,7 @@ impl ClusterState {
                     snapshot_reserve_pct: DEFAULT_RESERVE_PCT,
                     reserve_policy: ReservePolicy::default(),
                     stripe_key: 0,
+                    copy_from: None,
                 };
                 self.volumes.insert(name, vol.clone());
                 self.relayout();
@@ -528,6 +554,13 @@ impl ClusterState {
                         .unwrap_or("?")
                 ),
             ),
+            Command::DeleteVolume { name } if self.copy_reading(&name, None).is_some() => refuse(
+                RefusalKind::Invalid,
+                format!(
+                    "clone {} is being copied from a snapshot of {name}; wait for it or delete it first",
+                    self.copy_reading(&name, None).unwrap_or_default()
+                ),
+            ),
             Command::DeleteVolume { name } => match self.volumes.remove(&name) {
                 Some(_) => {
                     self.snapshots.remove(&name);
@@ -539,6 +572,9 @@ impl ClusterState {
                 let Some(vol) = self.volumes.get_mut(&name) else {
                     return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
                 };
+                if vol.copy_from.is_some() {
+                    return refuse(RefusalKind::Busy, copying(&name));
+                }
                 if size < vol.size {
                     return refuse(
                         RefusalKind::Invalid,
@@ -627,6 +663,9 @@ impl ClusterState {
                 let Some(vol) = self.volumes.get(&volume) else {
                     return refuse(RefusalKind::NotFound, format!("no volume named {volume}"));
                 };
+                if vol.copy_from.is_some() {
+                    return refuse(RefusalKind::Busy, copying(&volume));
+                }
                 if !valid_name(&name) {
                     return refuse(
                         RefusalKind::Invalid,
@@ -662,6 +701,17 @@ impl ClusterState {
                 };
                 snaps.insert(name, snap.clone());
                 Outcome::Snapshot(snap)
+            }
+            Command::DeleteSnapshot { volume, name }
+                if self.copy_reading(&volume, Some(&name)).is_some() =>
+            {
+                refuse(
+                    RefusalKind::Invalid,
+                    format!(
+                        "clone {} is being copied from {volume}@{name}; wait for it or delete it first",
+                        self.copy_reading(&volume, Some(&name)).unwrap_or_default()
+                    ),
+                )
             }
             Command::DeleteSnapshot { volume, name } => {
                 match self
@@ -728,6 +778,22 @@ impl ClusterState {
                         format!("volume {name} already exists"),
                     );
                 }
+                let in_group = self.members.len() > 1;
+                if snap.pending {
+                    return refuse(
+                        RefusalKind::Busy,
+                        format!("snapshot {volume}@{snapshot} is still being taken"),
+                    );
+                }
+                if in_group && snap.holders.is_none() {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!(
+                            "snapshot {volume}@{snapshot} was taken before the group had several members; \
+                             only a snapshot taken by the group can be cloned in it"
+                        ),
+                    );
+                }
                 let src = self.volumes.get(&volume).cloned();
                 self.next_volume_id += 1;
                 let vol = Volume {
@@ -737,17 +803,27 @@ impl ClusterState {
                     size: snap.size,
                     block_size: snap.block_size,
                     replicas: src.as_ref().map(|v| v.replicas).unwrap_or(1),
-                    stripe_key: src
-                        .as_ref()
-                        .map(|v| v.placement_key())
-                        .unwrap_or(snap.volume_id),
+                    // A copy is a volume of its own, placed by its own id; a clone in one
+                    // member shares its origin's extents, and so its placement.
+                    stripe_key: if in_group {
+                        0
+                    } else {
+                        src.as_ref()
+                            .map(|v| v.placement_key())
+                            .unwrap_or(snap.volume_id)
+                    },
                     thick: false,
                     allow: src.as_ref().map(|v| v.allow.clone()).unwrap_or_default(),
                     chap: src.and_then(|v| v.chap),
                     created,
-                    parent: Some(ParentRef {
+                    parent: (!in_group).then_some(ParentRef {
                         volume_id: snap.volume_id,
                         snapshot_id: snap.id,
+                    }),
+                    copy_from: in_group.then_some(CopySource {
+                        volume_id: snap.volume_id,
+                        snapshot_id: snap.id,
+                        done: 0,
                     }),
                     restore_generation: 0,
                     restored_from: None,
@@ -757,7 +833,37 @@ impl ClusterState {
                 self.volumes.insert(name, vol.clone());
                 Outcome::Volume(vol)
             }
+            Command::CloneCopied { name, done } => {
+                let Some(vol) = self.volumes.get_mut(&name) else {
+                    return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
+                };
+                let Some(copy) = vol.copy_from.as_mut() else {
+                    // Whole already: a leader that lost its place reported late.
+                    return Outcome::Volume(vol.clone());
+                };
+                copy.done = copy.done.max(done);
+                if copy.done >= vol.size {
+                    vol.copy_from = None;
+                }
+                Outcome::Volume(vol.clone())
+            }
         }
+    }
+
+    /// The clone being copied from a snapshot of `volume` (from `snapshot` when named).
+    fn copy_reading(&self, volume: &str, snapshot: Option<&str>) -> Option<String> {
+        let source = self.volumes.get(volume)?;
+        let snaps = self.snapshots.get(volume);
+        self.volumes.values().find_map(|v| {
+            let copy = v.copy_from?;
+            let same_snapshot = match snapshot {
+                None => true,
+                Some(name) => snaps
+                    .and_then(|s| s.get(name))
+                    .is_some_and(|s| s.id == copy.snapshot_id),
+            };
+            (copy.volume_id == source.id && same_snapshot).then(|| v.name.clone())
+        })
     }
 }
 

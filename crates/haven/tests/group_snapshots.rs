@@ -159,3 +159,90 @@ fn one_cut(members: usize) {
     let live = records_in(&p[0], None, n);
     assert!(live.iter().all(|&x| x), "the volumes lost records");
 }
+
+/// A clone of a group snapshot is a copy of the cut: it reads as the snapshot through every
+/// member's portal, its copies agree, its writes leave the snapshot alone, and its source
+/// cannot be deleted before the copy is whole.
+#[test]
+fn a_clone_of_a_group_snapshot_is_a_copy_of_the_cut() {
+    let lab = Lab::up_group(3);
+    lab.ok(&[
+        "volume",
+        "create",
+        "origin",
+        "--size",
+        "64MiB",
+        "--replicas",
+        "2",
+    ]);
+    let p = lab.member_portals();
+    let connect = |portal: &str, target: &str| {
+        let mut c = Initiator::connect(portal, target, "iqn.2026-11.org.haven:cloner")
+            .unwrap_or_else(|e| panic!("login to {target} at {portal}: {e:?}"));
+        c.settle();
+        c
+    };
+    let block = |tag: u8, chunk: u64| {
+        let mut b = vec![tag; 512];
+        b[..8].copy_from_slice(&chunk.to_be_bytes());
+        b
+    };
+    // A block in every chunk (so on every placement group's primary), then the snapshot,
+    // then other bytes in the same blocks.
+    let mut origin = connect(&p[0], "iqn.2026-11.org.haven:origin");
+    for chunk in 0..CHUNKS {
+        origin
+            .write(chunk * CHUNK_BLOCKS + 7, &block(0xaa, chunk), false)
+            .unwrap();
+    }
+    lab.ok(&["snapshot", "create", "origin", "s"]);
+    for chunk in 0..CHUNKS {
+        origin
+            .write(chunk * CHUNK_BLOCKS + 7, &block(0xbb, chunk), false)
+            .unwrap();
+    }
+    let out = lab.ok(&["volume", "clone", "origin@s", "copy"]);
+    assert!(out.contains("cloned origin@s as copy"), "{out}");
+    let view: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["volume", "show", "copy", "--json"])).unwrap();
+    assert!(
+        view.get("copying").is_none(),
+        "whole when the clone returns: {view}"
+    );
+    assert_eq!(
+        view["parent"],
+        serde_json::Value::Null,
+        "a copy shares nothing"
+    );
+
+    for portal in &p {
+        let mut copy = connect(portal, "iqn.2026-11.org.haven:copy");
+        for chunk in 0..CHUNKS {
+            let lba = chunk * CHUNK_BLOCKS + 7;
+            assert_eq!(
+                copy.read(lba, 1).unwrap(),
+                block(0xaa, chunk),
+                "chunk {chunk} of the copy through {portal}"
+            );
+            assert_eq!(
+                copy.read(lba + 1, 1).unwrap(),
+                vec![0; 512],
+                "never written"
+            );
+        }
+    }
+    let agree = lab.ok(&["volume", "verify-copies", "copy"]);
+    assert!(agree.contains(" 0 diverged"), "{agree}");
+
+    // The copy is a volume of its own: its writes reach neither the snapshot nor the origin.
+    let mut copy = connect(&p[1], "iqn.2026-11.org.haven:copy");
+    copy.write(7, &block(0xcc, 0), false).unwrap();
+    let mut snapshot = connect(&p[2], "iqn.2026-11.org.haven:origin:snap:s");
+    assert_eq!(snapshot.read(7, 1).unwrap(), block(0xaa, 0));
+    assert_eq!(origin.read(7, 1).unwrap(), block(0xbb, 0));
+
+    // Once whole, nothing holds the source.
+    lab.ok(&["snapshot", "delete", "origin", "s"]);
+    lab.ok(&["volume", "delete", "origin", "--force"]);
+    assert_eq!(copy.read(CHUNK_BLOCKS + 7, 1).unwrap(), block(0xaa, 1));
+}

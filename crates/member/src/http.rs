@@ -845,7 +845,10 @@ async fn clone_volume(
     .await?
     {
         Outcome::Volume(v) => {
-            settled(&m, &v).await?;
+            // A clone in a group is served once the leader copied it (`copying` says how far).
+            if v.copy_from.is_none() {
+                settled(&m, &v).await?;
+            }
             Ok(Json(view(&m, &v, &m.registry.all_sessions())))
         }
         other => Err(unexpected(other)),

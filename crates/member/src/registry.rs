@@ -330,7 +330,8 @@ impl Registry {
     /// Open a logical unit for every volume and snapshot; close those that went away.
     fn reconcile_targets(&self, state: &ClusterState) {
         let mut wanted: HashMap<String, (&Volume, Option<&Snapshot>)> = HashMap::new();
-        for v in state.volumes.values() {
+        // A clone whose copy is not whole yet is not served: it would read as holes.
+        for v in state.volumes.values().filter(|v| v.copy_from.is_none()) {
             wanted.insert(v.iqn(), (v, None));
             if let Some(snaps) = state.snapshots.get(&v.name) {
                 // A group snapshot is served once its members took it.

@@ -87,6 +87,10 @@ pub enum VolumeCommand {
         /// Then copy the shared data so the clone stands alone (in the background, with progress).
         #[arg(long)]
         flatten: bool,
+        /// In a group of several members the clone is a copy, served once whole: return at
+        /// once instead of following the copy with progress.
+        #[arg(long)]
+        no_wait: bool,
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +237,14 @@ fn print(v: &VolumeView, json: bool) -> anyhow::Result<()> {
     );
     if let Some(p) = &v.parent {
         println!("clone of:    {p} (volume id @ snapshot id; `haven volume flatten` detaches it)");
+    }
+    if let Some(c) = &v.copying {
+        println!(
+            "copying:     from {} (volume id @ snapshot id), {} of {}; served once whole",
+            c.from,
+            format_size(c.copied),
+            format_size(v.size)
+        );
     }
     println!("sessions:    {}", v.sessions.len());
     for s in &v.sessions {
@@ -418,6 +430,7 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
             source,
             name,
             flatten: then_flatten,
+            no_wait,
             json,
         } => {
             let Some((vol, snap)) = source.split_once('@') else {
@@ -427,13 +440,27 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
                 snapshot: snap.to_string(),
                 name,
             };
-            let v: VolumeView = client
+            let mut v: VolumeView = client
                 .post(&format!("/v1/volumes/{}/clone", enc(vol)?), &req)
                 .await?;
-            if !json {
-                println!("cloned {source} as {} ({})", v.name, v.iqn);
+            let copied = v.copying.is_some();
+            if copied && no_wait {
+                if !json {
+                    println!(
+                        "copying {source} into {} in the background; `haven volume show {}` tells when it is served",
+                        v.name, v.name
+                    );
+                }
+            } else {
+                if copied {
+                    v = follow_copy(&client, &v.name).await?;
+                }
+                if !json {
+                    println!("cloned {source} as {} ({})", v.name, v.iqn);
+                }
             }
-            if then_flatten {
+            // A copy stands alone already.
+            if then_flatten && !copied {
                 flatten(&client, &v.name, false).await?;
             }
             if json {
@@ -442,6 +469,24 @@ pub async fn run(cmd: VolumeCommand, api: &Option<String>) -> anyhow::Result<()>
                 Ok(())
             }
         }
+    }
+}
+
+/// Follow a clone's copy from its snapshot until it is whole, with progress.
+async fn follow_copy(client: &api::Client, name: &str) -> anyhow::Result<VolumeView> {
+    let path = format!("/v1/volumes/{}", enc(name)?);
+    let mut bar = crate::progress::Progress::new(&format!("copying into {name}"));
+    loop {
+        let v: VolumeView = client.get(&path).await?;
+        match &v.copying {
+            None => {
+                bar.update(v.size, v.size);
+                bar.finish();
+                return Ok(v);
+            }
+            Some(copy) => bar.update(copy.copied, v.size),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod abandon;
 mod backfill;
 mod caw;
+mod clones;
 mod device;
 mod digest;
 mod dirty;
@@ -337,9 +338,11 @@ impl Group {
         }
     }
 
-    /// Start pinging peers, the leader's failure detector and periodic backfill scans.
+    /// Start pinging peers, the leader's failure detector and periodic backfill scans, and
+    /// the leader's copying of clones.
     pub fn start(self: &Arc<Self>) {
         tokio::spawn(liveness::run(self.clone()));
+        tokio::spawn(clones::run(self.clone()));
     }
 
     /// Wait until this member's epoch is at least `epoch`, or `limit` passed.

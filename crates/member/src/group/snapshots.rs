@@ -327,6 +327,21 @@ impl GroupSnapshotDevice {
         }
     }
 
+    /// Read `out.len()` bytes at byte `offset` (within the snapshot).
+    pub(super) async fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), DeviceError> {
+        let spans: Vec<placement::Span> = self
+            .group
+            .striping
+            .spans(self.placement_key, offset, out.len() as u64)
+            .collect();
+        for span in spans {
+            let at = (span.offset - offset) as usize;
+            self.read_span(span.pg, span.offset, &mut out[at..at + span.len as usize])
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn read_span(&self, pg: u32, offset: u64, out: &mut [u8]) -> Result<(), DeviceError> {
         // The first holder that is up, whichever member serves the read: copies may differ
         // in a write that was under way at the cut, and every portal must show the same.
@@ -389,23 +404,8 @@ impl BlockDevice for GroupSnapshotDevice {
         if lba.checked_add(blocks).is_none_or(|end| end > self.blocks) {
             return Err(DeviceError::OutOfRange { lba, blocks });
         }
-        let offset = lba * bs;
-        let spans: Vec<placement::Span> = self
-            .group
-            .striping
-            .spans(self.placement_key, offset, buf.len() as u64)
-            .collect();
         let rt = self.group.rt.clone();
-        tokio::task::block_in_place(|| {
-            rt.block_on(async {
-                for span in spans {
-                    let at = (span.offset - offset) as usize;
-                    let piece = &mut buf[at..at + span.len as usize];
-                    self.read_span(span.pg, span.offset, piece).await?;
-                }
-                Ok(())
-            })
-        })
+        tokio::task::block_in_place(|| rt.block_on(self.read_at(lba * bs, buf)))
     }
     fn write(&self, _lba: u64, _data: &[u8], _fua: bool) -> Result<(), DeviceError> {
         Err(DeviceError::ReadOnly)
