@@ -39,17 +39,6 @@ fn members(lab: &Lab) -> Vec<(String, String)> {
         .collect()
 }
 
-fn leader(lab: &Lab) -> String {
-    let list: serde_json::Value =
-        serde_json::from_str(&lab.ok(&["member", "list", "--json"])).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["leader"].as_bool() == Some(true))
-        .map(|m| m["name"].as_str().unwrap().to_string())
-        .expect("a leader")
-}
-
 fn session_member(lab: &Lab, volume: &str) -> Option<String> {
     let v: serde_json::Value =
         serde_json::from_str(&lab.ok(&["volume", "show", volume, "--json"])).unwrap();
@@ -415,7 +404,7 @@ fn member_loss_keeps_a_standard_initiator_writing() {
     }
 
     // Round 2: the member holding the group portal (the Raft leader) dies.
-    let gap = write_through_kill(&lab, 2, count, || leader(&lab));
+    let gap = write_through_kill(&lab, 2, count, || lab.leader());
     assert!(gap < Duration::from_secs(10), "the writer stalled {gap:?}");
     verify(&lab.portal, 2, count);
     let status = lab.status_json();
@@ -726,7 +715,7 @@ fn removal_and_rolling_restart_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = loaded_writer(&lab, stop.clone());
     thread::sleep(Duration::from_secs(2));
-    let victim = another_running(&lab, &leader(&lab));
+    let victim = another_running(&lab, &lab.leader());
     let t = Instant::now();
     let out = lab.ok(&["member", "remove", &victim]);
     eprintln!("{}: {out} ({:?})", victim, t.elapsed());
@@ -791,7 +780,7 @@ fn removal_and_rolling_restart_under_load() {
 #[test]
 fn leader_loss_keeps_the_group_manageable() {
     let lab = Lab::up_group(3);
-    let victim = leader(&lab);
+    let victim = lab.leader();
     let t = Instant::now();
     lab.ok(&["lab", "kill", &victim, "--data", lab.dir_str()]);
     loop {
@@ -809,5 +798,5 @@ fn leader_loss_keeps_the_group_manageable() {
     let took = t.elapsed();
     eprintln!("{victim} (leader) killed: a volume was created {took:?} later");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert_ne!(leader(&lab), victim);
+    assert_ne!(lab.leader(), victim);
 }

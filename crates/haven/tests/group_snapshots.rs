@@ -7,13 +7,17 @@
 //! the records: record n without record n-1 would be a cut torn across members or
 //! volumes. Each snapshot reads the same through every member's portal, and the volumes
 //! go on.
+//!
+//! A clone of a group snapshot is a copy the leader makes: it must read as the snapshot
+//! through every portal, and the copy must go on, byte for byte, when the leader is killed
+//! in the middle of it.
 
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::initiator::Initiator;
 use support::Lab;
 
@@ -245,4 +249,90 @@ fn a_clone_of_a_group_snapshot_is_a_copy_of_the_cut() {
     lab.ok(&["snapshot", "delete", "origin", "s"]);
     lab.ok(&["volume", "delete", "origin", "--force"]);
     assert_eq!(copy.read(CHUNK_BLOCKS + 7, 1).unwrap(), block(0xaa, 1));
+}
+
+/// The leader copies a clone; SIGKILLed mid-copy, the next leader goes on from the last
+/// recorded point, and the clone is still the snapshot byte for byte.
+#[test]
+fn a_clone_copy_goes_on_when_the_leader_is_killed() {
+    const SIZE: usize = 512 << 20;
+    let lab = Lab::up_group(3);
+    lab.ok(&[
+        "volume",
+        "create",
+        "source",
+        "--size",
+        "512MiB",
+        "--replicas",
+        "2",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("source.img");
+    support::write_random(&image, SIZE, 41);
+    support::qemu_img_put(image.to_str().unwrap(), &lab.iscsi_url("source"));
+    lab.ok(&["snapshot", "create", "source", "s"]);
+    // Changed after the cut: the clone must not have it.
+    let mut source = Initiator::connect(
+        &lab.member_portals()[0],
+        "iqn.2026-11.org.haven:source",
+        "iqn.2026-11.org.haven:cloner",
+    )
+    .unwrap();
+    source.settle();
+    source.write(0, &[0x5a; 512], false).unwrap();
+
+    let copied = |lab: &Lab| -> Option<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["volume", "show", "copy", "--json"])).unwrap();
+        v.get("copying").map(|c| c["copied"].as_u64().unwrap())
+    };
+    lab.ok(&["volume", "clone", "source@s", "copy", "--no-wait"]);
+    let t = Instant::now();
+    let at_kill = loop {
+        match copied(&lab) {
+            Some(0) => {}
+            Some(done) => break done,
+            None => panic!("the copy ended before the leader could be killed"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the copy never started"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let victim = lab.leader();
+    lab.ok(&["lab", "kill", &victim, "--data", lab.dir_str()]);
+    println!("{victim} (leader) killed with {at_kill} of {SIZE} bytes copied");
+    assert!(at_kill < SIZE as u64);
+    let t = Instant::now();
+    while copied(&lab).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the copy did not go on after the leader died"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    println!("whole {:?} after the kill", t.elapsed());
+    assert_ne!(lab.leader(), victim);
+
+    // Read it through a member that stayed.
+    let portals = lab.member_portals();
+    let victim_index: usize = victim
+        .trim_start_matches("member-")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    let portal = &portals[(victim_index + 1) % portals.len()];
+    let back = dir.path().join("copy.img");
+    support::qemu_img_get(
+        &format!("iscsi://{portal}/iqn.2026-11.org.haven:copy/0"),
+        back.to_str().unwrap(),
+    );
+    let (want, got) = (
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&back).unwrap(),
+    );
+    assert_eq!(got.len(), want.len());
+    let first_bad = want.iter().zip(&got).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "the copy differs from the snapshot");
 }

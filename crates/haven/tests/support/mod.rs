@@ -164,6 +164,18 @@ impl Lab {
         stdout(&o)
     }
 
+    /// The name of the member leading the group's control plane.
+    pub fn leader(&self) -> String {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["member", "list", "--json"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["leader"].as_bool() == Some(true))
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .expect("a leader")
+    }
+
     /// The portal of every member of the lab, in the lab's order.
     pub fn member_portals(&self) -> Vec<String> {
         self.status_json()["members"]
