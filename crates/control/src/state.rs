@@ -554,20 +554,21 @@ impl ClusterState {
                         .unwrap_or("?")
                 ),
             ),
-            Command::DeleteVolume { name } if self.copy_reading(&name, None).is_some() => refuse(
-                RefusalKind::Invalid,
-                format!(
-                    "clone {} is being copied from a snapshot of {name}; wait for it or delete it first",
-                    self.copy_reading(&name, None).unwrap_or_default()
-                ),
-            ),
-            Command::DeleteVolume { name } => match self.volumes.remove(&name) {
-                Some(_) => {
-                    self.snapshots.remove(&name);
-                    Outcome::Ok
+            Command::DeleteVolume { name } => {
+                if let Some(clone) = self.copy_reading(&name, None) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("clone {clone} is being copied from a snapshot of {name}; wait for it or delete it first"),
+                    );
                 }
-                None => refuse(RefusalKind::NotFound, format!("no volume named {name}")),
-            },
+                match self.volumes.remove(&name) {
+                    Some(_) => {
+                        self.snapshots.remove(&name);
+                        Outcome::Ok
+                    }
+                    None => refuse(RefusalKind::NotFound, format!("no volume named {name}")),
+                }
+            }
             Command::ResizeVolume { name, size } => {
                 let Some(vol) = self.volumes.get_mut(&name) else {
                     return refuse(RefusalKind::NotFound, format!("no volume named {name}"));
@@ -702,18 +703,13 @@ impl ClusterState {
                 snaps.insert(name, snap.clone());
                 Outcome::Snapshot(snap)
             }
-            Command::DeleteSnapshot { volume, name }
-                if self.copy_reading(&volume, Some(&name)).is_some() =>
-            {
-                refuse(
-                    RefusalKind::Invalid,
-                    format!(
-                        "clone {} is being copied from {volume}@{name}; wait for it or delete it first",
-                        self.copy_reading(&volume, Some(&name)).unwrap_or_default()
-                    ),
-                )
-            }
             Command::DeleteSnapshot { volume, name } => {
+                if let Some(clone) = self.copy_reading(&volume, Some(&name)) {
+                    return refuse(
+                        RefusalKind::Invalid,
+                        format!("clone {clone} is being copied from {volume}@{name}; wait for it or delete it first"),
+                    );
+                }
                 match self
                     .snapshots
                     .get_mut(&volume)

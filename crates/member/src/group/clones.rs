@@ -137,7 +137,8 @@ async fn copy(group: &Arc<Group>, name: &str) -> Result<bool, String> {
         .and_then(|s| s.values().find(|s| s.id == from.snapshot_id))
         .ok_or_else(|| format!("the source snapshot {} is gone", from.snapshot_id))?;
     let reader = GroupSnapshotDevice::new(group.clone(), source, snapshot);
-    let size = clone.size.min(snapshot.size);
+    // The clone has the snapshot's size, and no resize while it is copied.
+    let size = clone.size;
     // Whole chunks from the last record: the copy may have gone past it unrecorded.
     let mut offset = from.done / CHUNK_BYTES * CHUNK_BYTES;
     let mut recorded = offset;
@@ -163,10 +164,6 @@ async fn copy(group: &Arc<Group>, name: &str) -> Result<bool, String> {
             record(group, name, clone.id, offset).await?;
             recorded = offset;
         }
-    }
-    if size < clone.size {
-        // Nothing past the snapshot's end to copy: the clone is whole.
-        record(group, name, clone.id, clone.size).await?;
     }
     Ok(true)
 }
